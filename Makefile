@@ -1,0 +1,63 @@
+# hearproto: `make book` builds everything, `make test` checks everything.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SCALE ?= small
+# This machine's pip configuration names local package folders that do not exist; hide the
+# warnings about them, keep everything else pip prints.
+PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+# Tests are deterministic on CPU with a fixed thread count.
+TEST_ENV := OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 MPLBACKEND=agg PYTHONHASHSEED=0
+NOTEBOOKS := $(wildcard book/*.ipynb)
+# JavaScript the book serves itself (offline): pinned in package.json, copied at build time.
+ASSETS := book/_assets
+NPM_QUIET := { grep -v 'Unknown user config "nodedir"' || true; }
+
+.PHONY: help install assets book experiments html test unit-tests clean
+
+help:
+	@echo "make book   install if needed, run the experiments (SCALE=$(SCALE)), build _build/html"
+	@echo "make test   install if needed, run the unit and notebook tests"
+	@echo "make install | experiments | html | clean"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing hearproto and its pinned dependencies into $(VENV) (about 90 s the first time)"
+	# torch first, alone: `torch==2.13.0` resolves to the CPU wheel on machines without CUDA.
+	$(BIN)/python -m pip install --quiet torch==2.13.0 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -m pip install --quiet -e ".[book,test]" 2>&1 | $(PIP_QUIET)
+	@touch $(STAMP)
+
+assets: $(ASSETS)/.stamp
+
+$(ASSETS)/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund 2>&1 | $(NPM_QUIET)
+	rm -rf $(ASSETS) && mkdir -p $(ASSETS)
+	cp -r node_modules/mathjax/es5 $(ASSETS)/mathjax
+	@touch $@
+
+experiments: install
+	$(BIN)/hearproto experiments run --scale $(SCALE)
+
+html: install assets
+	$(BIN)/jupyter-book build book --config _config.yml --path-output . --warningiserror --keep-going
+	@echo "The book is in $(CURDIR)/_build/html/index.html"
+
+book: experiments html
+
+unit-tests: install assets
+	$(TEST_ENV) $(BIN)/python -m pytest tests
+
+test: install assets
+	$(TEST_ENV) $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg
+
+clean:
+	rm -rf _build .pytest_cache $(ASSETS) node_modules

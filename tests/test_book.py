@@ -1,0 +1,52 @@
+"""The book builds offline from the executed notebooks and carries its audio players."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files
+
+
+def test_every_experiment_template_has_an_executed_page_in_the_toc():
+    from hearproto.experiments import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        assert (ROOT / "experiments" / f"{name}.ipynb").is_file()
+        assert name in toc_files(), f"{name} is not in book/_toc.yml"
+        executed = nbformat.read(ROOT / "book" / f"{name}.ipynb", as_version=4)
+        assert "hearproto" in executed.metadata, f"book/{name}.ipynb was not made by the runner"
+        assert any(cell.get("outputs") for cell in executed.cells if cell.cell_type == "code")
+        parameters = [c for c in nbformat.read(ROOT / "experiments" / f"{name}.ipynb", 4).cells
+                      if "parameters" in c.metadata.get("tags", [])]
+        assert len(parameters) == 1, f"experiments/{name}.ipynb needs one 'parameters' cell"
+
+
+def test_book_builds_with_audio_players(tmp_path):
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run(
+        [jupyter_book, "build", "book", "--config", "_config.yml", "--path-output", tmp_path,
+         "--warningiserror", "--keep-going"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").is_file()
+    page = (html / "frontend.html").read_text()
+    players = re.findall(r"<audio\b", page)
+    assert len(players) >= 3
+    assert len(re.findall(r'src="data:audio/wav;base64,', page)) == len(players)
+    assert "<img" in page  # the spectrogram figures

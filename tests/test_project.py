@@ -1,0 +1,127 @@
+"""The project's own promises: pins in sync, README examples run, the CLI and the runner work."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from hearproto import cli
+from hearproto.experiments import fingerprint, run_notebook, stored_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject_pins() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = set(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        pins |= set(extra)
+    return pins
+
+
+def test_every_dependency_is_pinned_and_torchaudio_is_absent():
+    pins = pyproject_pins()
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.+]*", pin) for pin in pins), pins
+    assert "torch==2.13.0" in pins
+    assert not any(pin.startswith(("torchaudio", "torchvision")) for pin in pins)
+
+
+def test_environment_yml_matches_pyproject():
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    python = [d for d in environment["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert python == ["python=3.11"]
+    pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert {p for p in pip_section if "==" in p} == pyproject_pins()
+    assert "-e ." in pip_section
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README should show the Python API"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_gives_the_two_commands_and_ci_calls_make_test():
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_cli_roundtrip(tmp_path, capsys):
+    t = np.arange(16_000) / 16_000
+    source = tmp_path / "in.wav"
+    sf.write(source, 0.3 * np.sin(2 * np.pi * 330 * t), 16_000)
+    target = tmp_path / "out.wav"
+    assert cli.main(["roundtrip", str(source), str(target), "--iterations", "8"]) == 0
+    assert "out.wav" in capsys.readouterr().out
+    rebuilt, sr = sf.read(target)
+    assert sr == 16_000 and abs(len(rebuilt) - 16_000) <= 512
+    # a second run must not overwrite without --force
+    assert cli.main(["roundtrip", str(source), str(target)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert cli.main(["roundtrip", str(source), str(target), "--force", "--iterations", "4"]) == 0
+
+
+def test_cli_reports_bad_audio_clearly(tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    assert cli.main(["roundtrip", str(bad), str(tmp_path / "o.wav")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.wav" in err and "cannot be read as audio" in err and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([Path(sys.executable).parent / "hearproto", "--version"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("hearproto ")
+
+
+def _tiny_template(path: Path) -> Path:
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("value = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(value * 2)"),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_runner_executes_then_reuses(tmp_path):
+    template = _tiny_template(tmp_path / "tiny.ipynb")
+    output = tmp_path / "book" / "tiny.ipynb"
+    first = run_notebook(template, output, {"value": 21}, progress=False)
+    assert first.executed
+    executed = nbformat.read(output, as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "42\n"
+    assert stored_fingerprint(output) == fingerprint(template, {"value": 21})
+    assert "remove-cell" in executed.cells[1].metadata["tags"]  # the injected parameters
+    assert executed.metadata["hearproto"]["parameters"] == {"value": 21}
+
+    assert not run_notebook(template, output, {"value": 21}, progress=False).executed
+    changed = run_notebook(template, output, {"value": 5}, progress=False)
+    assert changed.executed
+    assert nbformat.read(output, as_version=4).cells[-1].outputs[0]["text"] == "10\n"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["tiny.ipynb"]
+
+
+def test_runner_rejects_unknown_names():
+    from hearproto.experiments import run_experiments
+
+    with pytest.raises(ValueError, match="unknown experiment"):
+        run_experiments(["nope"])
+    with pytest.raises(ValueError, match="unknown scale"):
+        run_experiments(scale="huge")
