@@ -13,26 +13,29 @@ SCALE ?= small
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # Tests are deterministic on CPU with a fixed thread count.
 TEST_ENV := OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 MPLBACKEND=agg PYTHONHASHSEED=0
-NOTEBOOKS := $(wildcard book/*.ipynb)
+# nbval references: every experiment executed at `ci` scale, only the checked outputs kept.
+REFERENCE_NOTEBOOKS := tests/notebooks
 # JavaScript the book serves itself (offline): pinned in package.json, copied at build time.
 ASSETS := book/_assets
 NPM_QUIET := { grep -v 'Unknown user config "nodedir"' || true; }
 
-.PHONY: help install assets book experiments html test unit-tests clean
+.PHONY: help install assets book experiments html test unit-tests references clean
 
 help:
 	@echo "make book   install if needed, run the experiments (SCALE=$(SCALE)), build _build/html"
 	@echo "make test   install if needed, run the unit and notebook tests"
-	@echo "make install | experiments | html | clean"
+	@echo "make install | experiments | html | references | clean"
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing hearproto and its pinned dependencies into $(VENV) (about 90 s the first time)"
 	# torch first, alone: `torch==2.13.0` resolves to the CPU wheel on machines without CUDA.
 	$(BIN)/python -m pip install --quiet torch==2.13.0 2>&1 | $(PIP_QUIET)
 	$(BIN)/python -m pip install --quiet -e ".[book,test]" 2>&1 | $(PIP_QUIET)
+	# the instruments renderer, without its unused pyaudio dependency (needs PortAudio headers)
+	$(BIN)/python -m pip install --quiet --no-deps tinysoundfont==0.3.7 2>&1 | $(PIP_QUIET)
 	@touch $(STAMP)
 
 assets: $(ASSETS)/.stamp
@@ -52,11 +55,16 @@ html: install assets
 
 book: experiments html
 
+# Re-make the nbval references after changing a notebook or what it prints (then commit them).
+references: install
+	$(TEST_ENV) $(BIN)/hearproto experiments run --scale ci --output-dir $(REFERENCE_NOTEBOOKS) \
+		--checked-outputs-only
+
 unit-tests: install assets
 	$(TEST_ENV) $(BIN)/python -m pytest tests
 
 test: install assets
-	$(TEST_ENV) $(BIN)/python -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env \
+	$(TEST_ENV) $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg
 
 clean:

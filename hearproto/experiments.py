@@ -21,7 +21,7 @@ import nbformat
 __all__ = ["EXPERIMENTS", "SCALES", "NotebookRun", "fingerprint", "run_notebook", "run_experiments"]
 
 #: Notebook templates, in the order the book presents them.
-EXPERIMENTS: tuple[str, ...] = ("frontend",)
+EXPERIMENTS: tuple[str, ...] = ("frontend", "datasets")
 #: ``ci``: seconds, for tests; ``small``: the default of ``make book``; ``paper``: the paper's.
 SCALES: tuple[str, ...] = ("ci", "small", "paper")
 
@@ -45,11 +45,13 @@ def _package_digest() -> str:
     return digest.hexdigest()
 
 
-def fingerprint(template: Path, parameters: dict) -> str:
-    """Hash of the template's bytes, the parameters and the hearproto sources."""
+def fingerprint(template: Path, parameters: dict, checked_outputs_only: bool = False) -> str:
+    """Hash of the template's bytes, the parameters, the output mode and the hearproto
+    sources."""
     digest = hashlib.sha256()
     digest.update(Path(template).read_bytes())
     digest.update(json.dumps(parameters, sort_keys=True, default=str).encode())
+    digest.update(b"checked-only" if checked_outputs_only else b"all")
     digest.update(_package_digest().encode())
     return digest.hexdigest()
 
@@ -78,13 +80,18 @@ def git_commit(cwd: Path | None = None) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+CHECKED_TAG = "nbval-check-output"
+
+
 def run_notebook(
     template: Path, output: Path, parameters: dict, force: bool = False,
-    kernel_name: str = "python3", progress: bool = True,
+    kernel_name: str = "python3", progress: bool = True, checked_outputs_only: bool = False,
 ) -> NotebookRun:
     """Execute ``template`` with papermill into ``output`` (written atomically).
 
     Skips the execution when ``output`` already holds the same fingerprint, unless ``force``.
+    ``checked_outputs_only`` keeps only the outputs of cells tagged ``nbval-check-output``:
+    a light reference for ``pytest --nbval-lax``, which compares nothing else.
     """
     import papermill
 
@@ -92,7 +99,7 @@ def run_notebook(
     if not template.is_file():
         raise FileNotFoundError(f"{template}: no such notebook template")
     name = template.stem
-    key = fingerprint(template, parameters)
+    key = fingerprint(template, parameters, checked_outputs_only)
     if not force and output.is_file() and stored_fingerprint(output) == key:
         return NotebookRun(name, output, executed=False, seconds=0.0)
 
@@ -111,6 +118,8 @@ def run_notebook(
             tags = cell.metadata.get("tags", [])
             if "injected-parameters" in tags and "remove-cell" not in tags:
                 cell.metadata["tags"] = [*tags, "remove-cell"]
+            if checked_outputs_only and cell.cell_type == "code" and CHECKED_TAG not in tags:
+                cell.outputs = []
         notebook.metadata[METADATA_KEY] = {
             "fingerprint": key,
             "template": template.as_posix(),
@@ -132,6 +141,7 @@ def run_notebook(
 def run_experiments(
     names: list[str] | None = None, scale: str = "small", experiments_dir: Path = Path("experiments"),
     output_dir: Path = Path("book"), force: bool = False, extra_parameters: dict | None = None,
+    checked_outputs_only: bool = False,
 ) -> list[NotebookRun]:
     """Execute the named experiment notebooks (all by default) at ``scale``."""
     if scale not in SCALES:
@@ -145,6 +155,6 @@ def run_experiments(
     for name in names:
         runs.append(run_notebook(
             Path(experiments_dir) / f"{name}.ipynb", Path(output_dir) / f"{name}.ipynb",
-            parameters, force=force,
+            parameters, force=force, checked_outputs_only=checked_outputs_only,
         ))
     return runs

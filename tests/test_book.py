@@ -35,6 +35,17 @@ def test_every_experiment_template_has_an_executed_page_in_the_toc():
         assert len(parameters) == 1, f"experiments/{name}.ipynb needs one 'parameters' cell"
 
 
+def test_every_experiment_has_an_nbval_reference():
+    from hearproto.experiments import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        reference = nbformat.read(ROOT / "tests" / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert reference.metadata["hearproto"]["parameters"]["scale"] == "ci"
+        checked = [c for c in reference.cells
+                   if "nbval-check-output" in c.metadata.get("tags", [])]
+        assert checked and all(c.outputs for c in checked), f"{name}: nothing for nbval to check"
+
+
 def test_book_builds_with_audio_players(tmp_path):
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     result = subprocess.run(
@@ -48,5 +59,5 @@ def test_book_builds_with_audio_players(tmp_path):
     page = (html / "frontend.html").read_text()
     players = re.findall(r"<audio\b", page)
     assert len(players) >= 3
-    assert len(re.findall(r'src="data:audio/wav;base64,', page)) == len(players)
+    assert len(re.findall(r'src="data:audio/(mpeg|wav);base64,', page)) == len(players)
     assert "<img" in page  # the spectrogram figures

@@ -44,6 +44,15 @@ def test_environment_yml_matches_pyproject():
     assert "-e ." in pip_section
 
 
+def test_tinysoundfont_is_installed_as_the_error_message_says():
+    from hearproto.data.instruments import TINYSOUNDFONT_HINT
+
+    command = TINYSOUNDFONT_HINT.removeprefix("pip install ")
+    assert command.startswith("--no-deps ")
+    assert f"pip install --quiet {command}" in (ROOT / "Makefile").read_text()
+    assert TINYSOUNDFONT_HINT in (ROOT / "environment.yml").read_text()
+
+
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)

@@ -1,0 +1,139 @@
+"""The feature cache: log-Mels computed once per (dataset, files, front end), read by every epoch.
+
+A cache entry is a folder holding ``features.f32`` (every clip's frames, one after the other,
+float32 ``(total_frames, F)``, read through a memory map), ``index.csv`` (path, label, first
+frame, frame count) and ``meta.json`` (front end, files skipped and why). Entries are keyed by a
+hash of the dataset name, the front-end settings and each file's path, size and modification
+time, so a changed file or setting makes a new entry. Entries are written to a temporary
+folder and renamed into place: an interrupted run leaves no half entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hearproto.audio import AudioError, FrontEnd, LogMel, load_audio
+
+__all__ = ["FeatureStore", "cache_key", "load_or_compute_features", "SILENCE_RMS"]
+
+FEATURE_VERSION = 1
+#: A clip whose RMS is below this (-100 dBFS) is silent and skipped.
+SILENCE_RMS = 1e-5
+
+
+@dataclass
+class FeatureStore:
+    """Cached log-Mels of a dataset's usable clips."""
+
+    directory: Path
+    index: pd.DataFrame  # columns: path, label, start, frames
+    features: np.ndarray  # memory map, (total_frames, F)
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    computed: bool = False  # True when this call did the feature work
+
+    def clip(self, row: int) -> np.ndarray:
+        """Frames of clip ``row`` of the index. ``(T, F)``, a view of the memory map."""
+        start, frames = self.index.at[row, "start"], self.index.at[row, "frames"]
+        return self.features[start:start + frames]
+
+
+def cache_key(name: str, root: Path, table: pd.DataFrame, frontend: FrontEnd) -> str:
+    files = []
+    for path in sorted(table["path"]):
+        stat = (root / path).stat()
+        files.append((path, stat.st_size, stat.st_mtime_ns))
+    payload = json.dumps(
+        {"version": FEATURE_VERSION, "name": name, "frontend": frontend.to_dict(),
+         "files": files, "labels": table.sort_values("path")["label"].tolist()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def load_or_compute_features(
+    name: str, root: Path, table: pd.DataFrame, frontend: FrontEnd, cache_dir: Path,
+    progress: bool = True,
+) -> FeatureStore:
+    """Log-Mels of every file of ``table`` (columns ``path``, ``label``), from the cache when an
+    entry with the same key exists, else computed (with a progress bar) and cached.
+
+    Unreadable, empty, non-finite or silent files are skipped; one warning lists them.
+    """
+    root, cache_dir = Path(root), Path(cache_dir)
+    directory = cache_dir / f"{name}-{cache_key(name, root, table, frontend)}"
+    computed = False
+    if not (directory / "meta.json").is_file():
+        _compute(directory, root, table, frontend, progress)
+        computed = True
+    meta = json.loads((directory / "meta.json").read_text())
+    index = pd.read_csv(directory / "index.csv", dtype={"path": str, "label": str})
+    features = np.memmap(directory / "features.f32", dtype=np.float32, mode="r",
+                         shape=(meta["total_frames"], meta["n_mels"]))
+    skipped = meta["skipped"]
+    if skipped:
+        listed = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:20])
+        more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        warnings.warn(f"{name}: skipped {len(skipped)} unusable file(s) under {root}: "
+                      f"{listed}{more}", stacklevel=2)
+    return FeatureStore(directory, index, features, skipped, computed)
+
+
+def _compute(directory: Path, root: Path, table: pd.DataFrame, frontend: FrontEnd,
+             progress: bool) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+    try:
+        logmel = LogMel.from_frontend(frontend)
+        rows, skipped, start = [], [], 0
+        ordered = table.sort_values("path").reset_index(drop=True)
+        with open(tmp / "features.f32", "wb") as out, torch.no_grad():
+            for path, label in tqdm(zip(ordered["path"], ordered["label"]), total=len(ordered),
+                                    desc=f"log-Mel features ({directory.name.split('-')[0]})",
+                                    unit="clip", disable=not progress):
+                try:
+                    wave = load_audio(root / path, frontend.sample_rate)
+                except (AudioError, OSError) as err:
+                    skipped.append({"path": path, "reason": _short_reason(err)})
+                    continue
+                rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+                if rms < SILENCE_RMS:
+                    skipped.append({"path": path, "reason": f"silent (RMS {rms:.1e})"})
+                    continue
+                frames = logmel(torch.from_numpy(wave)).numpy()
+                out.write(np.ascontiguousarray(frames, dtype=np.float32).tobytes())
+                rows.append({"path": path, "label": label, "start": start,
+                             "frames": frames.shape[0]})
+                start += frames.shape[0]
+        pd.DataFrame(rows, columns=["path", "label", "start", "frames"]).to_csv(
+            tmp / "index.csv", index=False)
+        meta = {"version": FEATURE_VERSION, "frontend": frontend.to_dict(),
+                "total_frames": start, "n_mels": frontend.n_mels, "clips": len(rows),
+                "skipped": skipped, "root": str(root)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, 0o755)
+        try:
+            os.replace(tmp, directory)
+        except OSError:  # a concurrent run finished first: keep its entry
+            if not (directory / "meta.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _short_reason(err: Exception) -> str:
+    text = str(err)
+    # AudioError messages start with the path; the warning already names the file.
+    return text.split(": ", 1)[1] if ": " in text else text

@@ -1,0 +1,94 @@
+"""A torch ``Dataset`` of cached log-Mel clips with labels: random crops for training, whole
+clips for evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from hearproto.audio import FrontEnd
+from hearproto.data.cache import FeatureStore
+
+__all__ = ["ClipDataset", "crop_or_tile", "pad_collate"]
+
+
+def crop_or_tile(frames: np.ndarray, length: int, start: int) -> np.ndarray:
+    """``length`` frames of ``frames`` ``(T, F)`` from ``start``; a clip shorter than
+    ``length`` is tiled (repeated) first. ``start`` must lie in ``[0, max(T - length, 0)]``."""
+    if frames.shape[0] < length:
+        repeats = -(-length // frames.shape[0])
+        return np.tile(frames, (repeats, 1))[:length]
+    return frames[start:start + length]
+
+
+class ClipDataset(Dataset):
+    """Items are ``(logmel, label)``: ``logmel`` float32 ``(T, F)``, ``label`` an int.
+
+    With ``crop_frames`` set, each item is a random crop of that many frames (short clips are
+    tiled), drawn from torch's generator, so seeding torch makes it repeatable; with ``None``
+    items are whole clips of varying length (see :func:`pad_collate`).
+    """
+
+    def __init__(
+        self, store: FeatureStore, table: pd.DataFrame, classes: list[str], frontend: FrontEnd,
+        name: str, split: str | None, crop_frames: int | None = None,
+    ) -> None:
+        self.store = store
+        self.table = table.reset_index(drop=True)  # rows of store.index with a split column
+        self.classes = list(classes)
+        self.frontend = frontend
+        self.name = name
+        self.split = split
+        self.crop_frames = crop_frames
+        lookup = {label: i for i, label in enumerate(self.classes)}
+        self.labels = torch.tensor([lookup[label] for label in self.table["label"]],
+                                   dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table["path"].tolist()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def frames(self, i: int) -> np.ndarray:
+        """The whole clip ``i``. ``(T, F)``."""
+        start, count = self.table.at[i, "start"], self.table.at[i, "frames"]
+        return self.store.features[start:start + count]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        frames = self.frames(i)
+        if self.crop_frames is not None:
+            slack = max(frames.shape[0] - self.crop_frames, 0)
+            start = int(torch.randint(slack + 1, ()).item())
+            frames = crop_or_tile(frames, self.crop_frames, start)
+        return torch.from_numpy(np.array(frames, dtype=np.float32)), int(self.labels[i])
+
+    def class_counts(self) -> pd.Series:
+        return self.table["label"].value_counts().reindex(self.classes, fill_value=0)
+
+    def __repr__(self) -> str:
+        crop = f"crops of {self.crop_frames} frames" if self.crop_frames else "whole clips"
+        return (f"ClipDataset({self.name!r}, split={self.split!r}, {len(self)} clips, "
+                f"{self.num_classes} classes, {crop}, {self.frontend.sample_rate} Hz)")
+
+
+def pad_collate(
+    batch: list[tuple[torch.Tensor, int]], multiple: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack whole clips of different lengths: zero-pad in time to the longest, rounded up to
+    a multiple of ``multiple`` (the encoder halves time four times). Returns
+    ``(logmels (B, T, F), labels (B,), lengths (B,))``."""
+    lengths = torch.tensor([x.shape[0] for x, _ in batch])
+    longest = int(lengths.max())
+    padded_length = -(-longest // multiple) * multiple
+    out = torch.zeros(len(batch), padded_length, batch[0][0].shape[-1])
+    for i, (x, _) in enumerate(batch):
+        out[i, : x.shape[0]] = x
+    return out, torch.tensor([y for _, y in batch]), lengths

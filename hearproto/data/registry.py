@@ -1,0 +1,261 @@
+"""One entry point for every dataset: generate or index, validate, split, cache, serve."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from hearproto.audio import FrontEnd, resolve_frontend
+from hearproto.data.cache import FeatureStore, load_or_compute_features
+from hearproto.data.dataset import ClipDataset
+from hearproto.data.splits import SPLITS, load_or_make_splits, split_hash
+
+__all__ = ["DATASETS", "DatasetSpec", "PreparedDataset", "data_home", "get_dataset",
+           "prepare_dataset"]
+
+GENERATOR_MARKER = "dataset.json"
+GENERATED_TABLE = "clips.csv"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    preset: str  # default front end
+    crop_frames: int  # training crop T (DESIGN.md)
+    builtin: bool
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (
+        DatasetSpec("instruments", "single notes of General MIDI instruments (built in)",
+                    "instruments", 256, True),
+        DatasetSpec("speakers", "synthetic speech of espeak-ng voices (built in)",
+                    "speakers", 192, True),
+        DatasetSpec("sol", "SOL 0.9 HQ / OrchideaSOL notes (local copy)", "instruments", 256,
+                    False),
+        DatasetSpec("librispeech", "LibriSpeech speakers (local copy)", "speakers", 192, False),
+        DatasetSpec("folder", "your own CLASS/**/*.wav tree", "instruments", 256, False),
+    )
+}
+
+
+def data_home() -> Path:
+    """Where generated data and caches go: ``$HEARPROTO_DATA``, else the user's cache
+    (``$XDG_CACHE_HOME/hearproto`` or ``~/.cache/hearproto``)."""
+    if os.environ.get("HEARPROTO_DATA"):
+        return Path(os.environ["HEARPROTO_DATA"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hearproto"
+
+
+def _spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in datasets: generated once into a folder of their own
+
+
+def _renderer(name: str) -> Callable[..., list[dict]]:
+    if name == "instruments":
+        from hearproto.data.instruments import render
+    else:
+        from hearproto.data.speakers import render
+    return render
+
+
+def default_builtin_root(name: str, limit_per_class: int | None, seed: int) -> Path:
+    suffix = ("" if limit_per_class is None else f"-limit{limit_per_class}") + (
+        "" if seed == 0 else f"-seed{seed}")
+    return data_home() / f"{name}{suffix}"
+
+
+def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: int,
+                     progress: bool = True) -> pd.DataFrame:
+    """Generate built-in dataset ``name`` into ``root`` unless it is already there. Returns
+    the clip table (``path``, ``label`` and the generator's attributes)."""
+    wanted = {"name": name, "seed": seed, "limit_per_class": limit_per_class}
+    marker = root / GENERATOR_MARKER
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        different = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if different:
+            details = ", ".join(f"{k} is {old!r} there, {new!r} asked" for k, (old, new)
+                                in different.items())
+            raise ValueError(f"{root} holds another generated dataset ({details}); pass another "
+                             f"--root, or delete that folder to regenerate it")
+        return pd.read_csv(root / GENERATED_TABLE, dtype={"path": str, "label": str})
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and was not made by hearproto; refusing to write "
+                              f"into it. Pass an empty or new folder with --root.")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
+    try:
+        rows = _renderer(name)(tmp, limit_per_class=limit_per_class, seed=seed, progress=progress)
+        table = pd.DataFrame(rows)
+        table.to_csv(tmp / GENERATED_TABLE, index=False)
+        (tmp / GENERATOR_MARKER).write_text(json.dumps({**wanted, "clips": len(table)}, indent=1))
+        os.chmod(tmp, 0o755)
+        if root.exists():
+            root.rmdir()  # empty, checked above
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return table.astype({"path": str, "label": str})
+
+
+# --------------------------------------------------------------------------------------------
+# Any dataset
+
+
+@dataclass
+class PreparedDataset:
+    """A dataset ready to serve: usable clips with their split, classes and cached features."""
+
+    name: str
+    root: Path
+    frontend: FrontEnd
+    table: pd.DataFrame  # path, label, start, frames, split (usable clips only)
+    classes: list[str]
+    store: FeatureStore
+    splits_csv: Path
+    crop_frames: int
+
+    def split(self, split: str | None = "train", crop_frames: int | None | str = "auto") -> ClipDataset:
+        """The clips of ``split`` (``train``, ``val``, ``test`` or None for all).
+        ``crop_frames="auto"``: the dataset's training crop for ``train``, whole clips else."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if crop_frames == "auto":
+            crop_frames = self.crop_frames if split == "train" else None
+        rows = self.table if split is None else self.table[self.table["split"] == split]
+        return ClipDataset(self.store, rows, self.classes, self.frontend, self.name, split,
+                           crop_frames)
+
+    def info(self) -> dict:
+        counts = self.table["split"].value_counts()
+        return {
+            "name": self.name,
+            "classes": len(self.classes),
+            "clips": len(self.table),
+            "splits": {s: int(counts.get(s, 0)) for s in SPLITS},
+            "sample_rate": self.frontend.sample_rate,
+            "class_names": self.classes,
+            "root": str(self.root),
+            "skipped": len(self.store.skipped),
+            "split_csv": str(self.splits_csv),
+            "split_hash": split_hash(self.table),
+            "feature_cache": str(self.store.directory),
+            "frames": int(self.table["frames"].sum()),
+        }
+
+
+def prepare_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    limit_per_class: int | None = None,
+    seed: int = 0,
+    split_seed: int = 0,
+    n_speakers: int | None = 128,
+    frontend: FrontEnd | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: str | None = None,
+    splits_csv: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> PreparedDataset:
+    """Generate (built-ins) or index (local copies) dataset ``name``, compute or reuse its
+    features, and split it 70/10/20.
+
+    ``limit_per_class`` caps the clips per class (built-ins: generated that size; others: the
+    first files of each class by split order); ``n_speakers`` is LibriSpeech's top-k by
+    duration (None: all); ``frontend`` overrides the dataset's front-end preset (a
+    :class:`FrontEnd` or a preset name); ``download`` fetches a LibriSpeech subset first;
+    ``splits_csv`` reads (or writes) the split from (to) that file, to repeat a split exactly
+    elsewhere. Built-in data keeps its split CSV beside the data; nothing is written into a
+    local copy: its split goes to ``data_home()/splits``.
+    """
+    spec = _spec(name)
+    frontend = resolve_frontend(frontend or spec.preset)
+    if limit_per_class is not None and limit_per_class < 1:
+        raise ValueError(f"limit_per_class must be positive, got {limit_per_class}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else data_home() / "features"
+
+    if spec.builtin:
+        root = Path(root) if root is not None else default_builtin_root(name, limit_per_class, seed)
+        table = ensure_generated(name, root, limit_per_class, seed, progress)
+        tag = name
+    else:
+        if root is None:
+            raise ValueError(f"dataset {name!r} needs --root: the folder of your local copy")
+        root = Path(root).expanduser()
+        if name == "librispeech":
+            from hearproto.data.librispeech import download as fetch, index_librispeech
+            if download:
+                fetch(download, root)
+            table = index_librispeech(root, n_speakers, progress)
+            tag = f"{name}-top{n_speakers}" if n_speakers else f"{name}-all"
+        elif name == "sol":
+            from hearproto.data.sol import index_sol
+            table = index_sol(root)
+            tag = name
+        else:
+            from hearproto.data.folder import index_folder
+            table = index_folder(root)
+            tag = name
+        if limit_per_class is not None:
+            table = _limit_per_class(table, limit_per_class, seed)
+            tag += f"-limit{limit_per_class}"
+
+    store = load_or_compute_features(tag, root, table, frontend, cache_dir, progress)
+    usable = store.index
+    dropped = sorted(set(table["label"]) - set(usable["label"]))
+    if dropped:
+        warnings.warn(f"{name}: class(es) with no usable clip left after skipping bad files, "
+                      f"dropped: {', '.join(dropped)}", stacklevel=2)
+    # Built-in data is ours: its split lives beside it. A local copy is the user's: we write
+    # nothing into it, the split goes to the data home (or where ``splits_csv`` says).
+    own_folder = data_home() / "splits" / f"{tag}-{_path_hash(root)}"
+    if splits_csv is None:
+        splits_csv = (root if spec.builtin else own_folder) / f"hearproto-splits-{tag}.csv"
+    usable, splits_csv = load_or_make_splits(usable, Path(splits_csv), seed=split_seed,
+                                             fallback_dir=own_folder)
+    classes = sorted(usable["label"].unique(), key=_natural_key)
+    return PreparedDataset(name, root, frontend, usable, classes, store, splits_csv,
+                           spec.crop_frames)
+
+
+def get_dataset(name: str, root: str | os.PathLike | None = None, split: str | None = "train",
+                crop_frames: int | None | str = "auto", **kwargs) -> ClipDataset:
+    """The torch ``Dataset`` of one split of dataset ``name``; see :func:`prepare_dataset` for
+    the keyword arguments."""
+    return prepare_dataset(name, root, **kwargs).split(split, crop_frames)
+
+
+def _limit_per_class(table: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    keyed = table.assign(_key=[hashlib.sha1(f"{seed}:{p}".encode()).hexdigest()
+                               for p in table["path"]])
+    kept = keyed.sort_values("_key").groupby("label", sort=False).head(limit)
+    return kept.drop(columns="_key").sort_values("path").reset_index(drop=True)
+
+
+def _path_hash(path: Path) -> str:
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+
+
+def _natural_key(label: str):
+    return (0, int(label), "") if label.isdigit() else (1, 0, label)
+

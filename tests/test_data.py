@@ -1,0 +1,335 @@
+"""Dataset machinery: indexing, bad files, splits, the feature cache, crops, real loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from hearproto import cli
+from hearproto.audio import LogMel, PRESETS, load_audio
+from hearproto.data import get_dataset, pad_collate, prepare_dataset
+from hearproto.data import registry
+from hearproto.data.dataset import crop_or_tile
+from hearproto.data.splits import assign_splits
+
+LIBRISPEECH_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
+SR = 16_000
+
+
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HEARPROTO_DATA", str(home))
+    return home
+
+
+def tone(f0: float, seconds: float = 1.0, sr: int = SR, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amplitude * np.sin(2 * np.pi * f0 * t)).astype(np.float32)
+
+
+def make_tree(root: Path, classes: dict[str, float], per_class: int = 10) -> Path:
+    """CLASS/take_i.<ext>: each class a tone of its own pitch, in several formats."""
+    extensions = [".wav", ".flac", ".ogg"]
+    for c, (label, f0) in enumerate(classes.items()):
+        for i in range(per_class):
+            folder = root / label / ("sub" if i % 3 == 0 else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / f"take_{i:02d}{extensions[(i + c) % 3]}",
+                     tone(f0 * (1 + 0.01 * i), 0.5 + 0.05 * i), SR)
+    return root
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# Splits
+
+
+def test_split_proportions_per_class():
+    table = pd.DataFrame({"path": [f"{c}/{i}.wav" for c in "abc" for i in range(100)],
+                          "label": [c for c in "abc" for _ in range(100)]})
+    split = assign_splits(table, seed=0)
+    counts = pd.crosstab(table["label"], split)
+    assert (counts["train"] == 70).all() and (counts["val"] == 10).all() and (counts["test"] == 20).all()
+    # random per file: not simply the first 70 paths
+    assert set(table["path"][split == "train"]) != {f"a/{i}.wav" for i in range(70)} | {
+        f"b/{i}.wav" for i in range(70)} | {f"c/{i}.wav" for i in range(70)}
+
+
+def test_split_is_deterministic_and_seeded():
+    table = pd.DataFrame({"path": [f"x/{i}.wav" for i in range(50)], "label": ["x"] * 50})
+    assert assign_splits(table, 0).equals(assign_splits(table, 0))
+    assert not assign_splits(table, 0).equals(assign_splits(table, 1))
+    # a file's split does not depend on the row order
+    shuffled = table.sample(frac=1.0, random_state=3)
+    assert assign_splits(shuffled, 0).sort_index().equals(assign_splits(table, 0))
+
+
+def test_tiny_classes_keep_their_clips_in_train():
+    sizes = {"a": 1, "b": 2, "c": 3, "d": 5, "e": 10}
+    table = pd.DataFrame({"path": [f"{c}/{i}.wav" for c, n in sizes.items() for i in range(n)],
+                          "label": [c for c, n in sizes.items() for _ in range(n)]})
+    counts = pd.crosstab(table["label"], assign_splits(table)).reindex(
+        columns=["train", "val", "test"], fill_value=0)
+    assert counts.loc["a"].tolist() == [1, 0, 0]
+    assert counts.loc["b"].tolist() == [2, 0, 0]
+    assert counts.loc["c"].tolist() == [2, 0, 1]
+    assert counts.loc["d"].tolist() == [3, 1, 1]
+    assert counts.loc["e"].tolist() == [7, 1, 2]
+
+
+# ------------------------------------------------------------------------------------------
+# A folder dataset end to end
+
+
+def test_folder_dataset_splits_crops_and_whole_clips(tmp_path):
+    root = make_tree(tmp_path / "mine", {"low": 220.0, "mid": 440.0, "high": 880.0})
+    prepared = prepare_dataset("folder", root=root, frontend="speakers", progress=False)
+    info = prepared.info()
+    assert info["classes"] == 3 and info["clips"] == 30
+    assert info["splits"] == {"train": 21, "val": 3, "test": 6}
+    assert prepared.classes == ["high", "low", "mid"]
+    assert not list(root.glob("hearproto-splits*"))  # nothing written into the user's folder
+
+    train = prepared.split("train")
+    x, y = train[0]
+    assert x.shape == (256, 128) and x.dtype == torch.float32
+    assert prepared.classes[y] == train.table.at[0, "label"]
+    test = prepared.split("test")
+    for i in range(len(test)):
+        x, _ = test[i]
+        path = root / test.table.at[i, "path"]
+        expected = LogMel.for_speakers()(load_audio(path, SR))
+        torch.testing.assert_close(x, expected)  # whole clip, exactly the front end's output
+    batch, labels, lengths = pad_collate([test[i] for i in range(len(test))])
+    assert batch.shape[0] == len(test) and batch.shape[1] % 16 == 0
+    assert int(lengths.max()) <= batch.shape[1]
+
+
+def test_training_crops_are_random_but_seedable(tmp_path):
+    root = make_tree(tmp_path / "mine", {"a": 300.0, "b": 600.0}, per_class=4)
+    train = get_dataset("folder", root=root, split="train", crop_frames=8, frontend="speakers",
+                        progress=False)
+    torch.manual_seed(0)
+    first = [train[0][0] for _ in range(5)]
+    torch.manual_seed(0)
+    again = [train[0][0] for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(first[0], f) for f in first[1:])
+    assert all(f.shape == (8, 128) for f in first)
+
+
+def test_short_clips_are_tiled():
+    frames = np.arange(3 * 2, dtype=np.float32).reshape(3, 2)
+    tiled = crop_or_tile(frames, 7, start=0)
+    np.testing.assert_array_equal(tiled, np.concatenate([frames, frames, frames[:1]]))
+    np.testing.assert_array_equal(crop_or_tile(np.arange(10.0)[:, None], 4, 5)[:, 0], [5, 6, 7, 8])
+
+
+def test_bad_files_are_skipped_with_one_warning(tmp_path):
+    root = make_tree(tmp_path / "mine", {"good": 440.0, "other": 660.0}, per_class=4)
+    (root / "good" / "empty.wav").write_bytes(b"")
+    (root / "good" / "notes.wav").write_text("not audio at all\n" * 10)
+    sf.write(root / "other" / "silence.wav", np.zeros(SR, np.float32), SR)
+    nan = tone(440.0)
+    nan[100] = np.nan
+    sf.write(root / "other" / "nan.wav", nan, SR, subtype="FLOAT")
+    (root / "broken").mkdir()
+    (root / "broken" / "zero.flac").write_bytes(b"fLaC\x00\x00")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare_dataset("folder", root=root, frontend="speakers", progress=False)
+    messages = [str(w.message) for w in caught]
+    skipped = [m for m in messages if "skipped 5 unusable file(s)" in m]
+    assert len(skipped) == 1
+    for name in ("empty.wav", "notes.wav", "silence.wav", "nan.wav", "zero.flac"):
+        assert name in skipped[0]
+    assert "silent" in skipped[0] and "NaN" in skipped[0]
+    assert any("broken" in m and "dropped" in m for m in messages)
+    assert prepared.classes == ["good", "other"] and prepared.info()["clips"] == 8
+
+
+def test_missing_root_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ROOT/CLASS"):
+        prepare_dataset("folder", root=tmp_path / "nothing", progress=False)
+    with pytest.raises(FileNotFoundError, match="IRCAM"):
+        prepare_dataset("sol", root=tmp_path / "nothing", progress=False)
+    with pytest.raises(FileNotFoundError, match="--download"):
+        prepare_dataset("librispeech", root=tmp_path / "nothing", progress=False)
+    with pytest.raises(ValueError, match="needs --root"):
+        prepare_dataset("sol", progress=False)
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        prepare_dataset("nope")
+
+
+# ------------------------------------------------------------------------------------------
+# Feature cache
+
+
+def test_second_run_does_no_feature_work(tmp_path, monkeypatch):
+    root = make_tree(tmp_path / "mine", {"a": 300.0, "b": 600.0}, per_class=5)
+    first = prepare_dataset("folder", root=root, frontend="speakers", progress=False)
+    assert first.store.computed
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("features were computed again")
+
+    monkeypatch.setattr(LogMel, "forward", forbidden)
+    monkeypatch.setattr("hearproto.data.cache.load_audio", forbidden)
+    second = prepare_dataset("folder", root=root, frontend="speakers", progress=False)
+    assert not second.store.computed
+    assert second.store.directory == first.store.directory
+    assert second.info()["split_hash"] == first.info()["split_hash"]
+    np.testing.assert_array_equal(np.asarray(second.store.features), np.asarray(first.store.features))
+
+
+def test_cache_follows_files_and_settings(tmp_path):
+    root = make_tree(tmp_path / "mine", {"a": 300.0, "b": 600.0}, per_class=5)
+    first = prepare_dataset("folder", root=root, frontend="speakers", progress=False)
+    other_frontend = prepare_dataset("folder", root=root, frontend="instruments", progress=False)
+    assert other_frontend.store.computed and other_frontend.store.directory != first.store.directory
+    sf.write(root / "a" / "sub" / "take_00.wav", tone(350.0, 0.7), SR)  # a file changes
+    with pytest.warns(UserWarning, match="files changed|split"):
+        sf.write(root / "a" / "new.wav", tone(330.0), SR)  # and one is added
+        changed = prepare_dataset("folder", root=root, frontend="speakers", progress=False)
+    assert changed.store.computed and changed.info()["clips"] == 11
+
+
+# ------------------------------------------------------------------------------------------
+# Built-in datasets
+
+
+def test_builtin_generation_is_atomic_and_guarded(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_render(out_dir: Path, limit_per_class=None, seed=0, progress=True):
+        calls.append(out_dir)
+        rows = []
+        for label, f0 in (("x", 300.0), ("y", 500.0)):
+            (out_dir / label).mkdir()
+            for i in range(limit_per_class or 3):
+                sf.write(out_dir / label / f"{i}.flac", tone(f0 + 10 * i + seed), SR)
+                rows.append({"path": f"{label}/{i}.flac", "label": label})
+        return rows
+
+    monkeypatch.setattr(registry, "_renderer", lambda name: fake_render)
+    root = tmp_path / "gen"
+    prepared = prepare_dataset("speakers", root=root, progress=False)
+    assert prepared.info()["clips"] == 6 and (root / "hearproto-splits-speakers.csv").is_file()
+    prepare_dataset("speakers", root=root, progress=False)
+    assert len(calls) == 1  # generated once, then reused
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    with pytest.raises(ValueError, match="seed is 0 there, 1 asked"):
+        prepare_dataset("speakers", root=root, seed=1, progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not made by hearproto"):
+        prepare_dataset("speakers", root=foreign, progress=False)
+    assert (foreign / "precious.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name, min_classes", [("instruments", 24), ("speakers", 32)])
+def test_builtin_datasets_are_deterministic(tmp_path, name, min_classes):
+    one = prepare_dataset(name, root=tmp_path / "one", limit_per_class=2, progress=False)
+    two = prepare_dataset(name, root=tmp_path / "two", limit_per_class=2, progress=False)
+    assert one.info()["classes"] >= min_classes
+    files_one = {p.relative_to(one.root).as_posix(): sha(p) for p in one.root.rglob("*.flac")}
+    files_two = {p.relative_to(two.root).as_posix(): sha(p) for p in two.root.rglob("*.flac")}
+    assert files_one == files_two and len(files_one) >= 2 * min_classes - 2
+    assert one.info()["split_hash"] == two.info()["split_hash"]
+    assert (one.root / f"hearproto-splits-{name}.csv").read_text() == \
+        (two.root / f"hearproto-splits-{name}.csv").read_text()
+    assert one.frontend == PRESETS[name]
+
+
+# ------------------------------------------------------------------------------------------
+# Real loaders
+
+
+def test_sol_tree_with_families_and_stereo(tmp_path):
+    root = tmp_path / "SOL"
+    for family, instrument, f0 in (("Brass", "Horn", 220.0), ("Strings", "Violin", 660.0)):
+        folder = root / family / instrument / "ordinario"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            mono = tone(f0 * (1 + 0.05 * i), 0.6, 44_100)
+            sf.write(folder / f"{instrument}-ord-{i}.wav", np.stack([mono, 0 * mono], 1), 44_100)
+    prepared = prepare_dataset("sol", root=root, progress=False)
+    assert prepared.classes == ["Horn", "Violin"]
+    assert prepared.frontend == PRESETS["instruments"]
+    x, label = prepared.split(None)[0]
+    stereo_path = root / prepared.table.iloc[0]["path"]
+    left = sf.read(stereo_path, dtype="float32")[0][:, 0]
+    torch.testing.assert_close(x, LogMel.for_instruments()(left / 2))  # channels averaged
+
+
+def test_sol_tree_without_families(tmp_path):
+    root = make_tree(tmp_path / "flat", {"Flute": 500.0, "Oboe": 700.0}, per_class=3)
+    assert prepare_dataset("sol", root=root, progress=False).classes == ["Flute", "Oboe"]
+
+
+def test_librispeech_tree_as_distributed_keeps_top_speakers(tmp_path):
+    root = tmp_path / "LibriSpeech" / "train-clean-360"
+    durations = {"14": [3.0, 3.0], "16": [1.0], "17": [2.0, 2.5, 1.0], "2": [0.5]}
+    for speaker, lengths in durations.items():
+        folder = root / speaker / "100"
+        folder.mkdir(parents=True)
+        for u, seconds in enumerate(lengths):
+            sf.write(folder / f"{speaker}-100-{u:04d}.flac", tone(200.0 + int(speaker), seconds), SR)
+    (root / "README.TXT").write_text("not audio")
+    sf.write(root / "stray.flac", tone(300.0), SR)  # not SPEAKER-CHAPTER-UTT: ignored
+    with pytest.warns(UserWarning, match="stray.flac"):
+        prepared = prepare_dataset("librispeech", root=root.parent, n_speakers=2, progress=False)
+    assert prepared.classes == ["14", "17"]  # 6.0 s and 5.5 s of audio
+    assert prepared.info()["clips"] == 5
+
+
+def test_librispeech_download_fails_fast_offline(tmp_path, monkeypatch):
+    from hearproto.data import librispeech
+
+    monkeypatch.setattr(librispeech, "DOWNLOAD_URL", "http://127.0.0.1:9/{subset}.tar.gz")
+    with pytest.raises(ConnectionError, match="offline"):
+        librispeech.download("dev-clean", tmp_path, timeout=5)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="unknown LibriSpeech subset"):
+        librispeech.download("everything", tmp_path)
+
+
+@pytest.mark.skipif(not LIBRISPEECH_MINI.is_dir(),
+                    reason=f"real test data absent: {LIBRISPEECH_MINI} (shared/data beside the repo)")
+def test_librispeech_mini(tmp_path):
+    before = sorted(p.name for p in LIBRISPEECH_MINI.rglob("*"))
+    everyone = prepare_dataset("librispeech", root=LIBRISPEECH_MINI, n_speakers=None,
+                               progress=False).info()
+    assert everyone["classes"] == 261 and everyone["clips"] == 351
+    top = prepare_dataset("librispeech", root=LIBRISPEECH_MINI, n_speakers=10, progress=False)
+    test_other = sorted(p.name for p in (LIBRISPEECH_MINI / "test-other").iterdir() if p.is_dir())
+    assert sorted(top.classes) == test_other  # the 10 speakers with 10 utterances each
+    assert top.info()["splits"] == {"train": 70, "val": 10, "test": 20}
+    assert sorted(p.name for p in LIBRISPEECH_MINI.rglob("*")) == before  # nothing written there
+
+
+def test_cli_data_info_json(tmp_path, capsys):
+    root = make_tree(tmp_path / "mine", {"a": 300.0, "b": 600.0}, per_class=5)
+    assert cli.main(["data", "prepare", "folder", "--root", str(root), "--preset", "speakers"]) == 0
+    capsys.readouterr()
+    assert cli.main(["data", "info", "folder", "--root", str(root), "--preset", "speakers",
+                     "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"name", "classes", "clips", "splits", "sample_rate"} <= set(info)
+    assert info["classes"] == 2 and info["clips"] == 10 and info["sample_rate"] == SR
+    assert info["splits"] == {"train": 6, "val": 2, "test": 2}
+    assert cli.main(["data", "info", "sol", "--root", str(tmp_path / "none")]) == 2
+    assert "IRCAM" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""Figures and players."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import soundfile as sf
+
+from hearproto.audio import LogMel
+from hearproto.viz import audio_player, show_frame, show_logmel
+
+
+def decode(player_html: str) -> tuple[np.ndarray, int, str]:
+    mimetype, payload = re.search(r'src="data:([^;]+);base64,([^"]+)"', player_html).groups()
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(payload)), dtype="float32")
+    return samples, rate, mimetype
+
+
+def test_mp3_player_keeps_pitch_and_length_and_is_deterministic():
+    sr = 16_000
+    wave = 0.2 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)
+    player = audio_player(wave, sr, title="A <440>")
+    html = player._repr_html_()
+    samples, rate, mimetype = decode(html)
+    assert mimetype == "audio/mpeg" and rate == sr
+    assert abs(len(samples) - sr) < 0.1 * sr
+    peak = np.fft.rfftfreq(len(samples), 1 / sr)[np.abs(np.fft.rfft(samples)).argmax()]
+    assert abs(peak - 440) < 3
+    assert np.abs(samples).max() > 0.8  # normalised to 0.9
+    assert "A &lt;440&gt;" in html and "<440>" not in html
+    assert audio_player(wave, sr, title="A <440>")._repr_html_() == html
+    assert len(player.data) < 0.2 * 2 * sr  # far smaller than 16-bit WAV
+
+
+def test_wav_player_is_exact():
+    sr = 8_000
+    wave = np.linspace(-0.5, 0.5, 800)
+    samples, rate, mimetype = decode(audio_player(wave, sr, normalize=False, compressed=False)._repr_html_())
+    assert mimetype == "audio/wav" and rate == sr
+    np.testing.assert_allclose(samples, wave, atol=1 / 32767)
+
+
+def test_spectrogram_axes_are_in_seconds_and_hz():
+    sr = 16_000
+    logmel = LogMel.for_speakers()(np.random.default_rng(0).standard_normal(2 * sr).astype(np.float32) * 0.1)
+    fig, ax = plt.subplots()
+    show_logmel(logmel, "speakers", ax=ax, title="noise")
+    assert ax.get_xlabel() == "time (s)" and ax.get_ylabel() == "frequency (Hz)"
+    assert abs(ax.get_xlim()[1] - logmel.shape[0] * 512 / sr) < 0.05
+    assert abs(ax.get_ylim()[1] - sr / 2) < 0.02 * sr / 2  # top mel bin edge ~ Nyquist
+    fig2, ax2 = plt.subplots()
+    show_frame(logmel[0], "speakers", ax=ax2)
+    x = ax2.lines[0].get_xdata()
+    assert x[0] > 0 and x[-1] < sr / 2 and np.all(np.diff(x) > 0)
+    plt.close("all")
