@@ -63,9 +63,10 @@ class AudioPlayer:
     def __init__(self, data: bytes, mimetype: str, title: str | None = None) -> None:
         self.data, self.mimetype, self.title = data, mimetype, title
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self, width: str | None = None) -> str:
         source = f"data:{self.mimetype};base64,{base64.b64encode(self.data).decode()}"
-        audio = (f'<audio controls preload="metadata" src="{source}" '
+        style = f' style="width:{width}"' if width else ""
+        audio = (f'<audio controls preload="metadata" src="{source}"{style} '
                  f'title="{html.escape(self.title or "")}"></audio>')
         if not self.title:
             return audio
@@ -102,7 +103,7 @@ class PlayerGrid:
         self.players = list(players)
 
     def _repr_html_(self) -> str:
-        cells = "".join(player._repr_html_() for player in self.players)
+        cells = "".join(player._repr_html_(width="15em") for player in self.players)
         return f'<div class="hearproto-players" style="display:flex;flex-wrap:wrap">{cells}</div>'
 
     def __repr__(self) -> str:

@@ -232,6 +232,12 @@ def test_builtin_generation_is_atomic_and_guarded(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     with pytest.raises(ValueError, match="seed is 0 there, 1 asked"):
         prepare_dataset("speakers", root=root, seed=1, progress=False)
+    monkeypatch.setattr(registry, "generator_digest", lambda name: "a newer generator")
+    with pytest.warns(UserWarning, match="another version of the speakers generator"):
+        prepare_dataset("speakers", root=root, progress=False)
+    assert len(calls) == 2
+    assert json.loads((root / "dataset.json").read_text())["generator"] == "a newer generator"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("mine")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -70,11 +71,7 @@ def _spec(name: str) -> DatasetSpec:
 
 
 def _renderer(name: str) -> Callable[..., list[dict]]:
-    if name == "instruments":
-        from hearproto.data.instruments import render
-    else:
-        from hearproto.data.speakers import render
-    return render
+    return importlib.import_module(f"hearproto.data.{name}").render
 
 
 def default_builtin_root(name: str, limit_per_class: int | None, seed: int) -> Path:
@@ -83,12 +80,30 @@ def default_builtin_root(name: str, limit_per_class: int | None, seed: int) -> P
     return data_home() / f"{name}{suffix}"
 
 
+def generator_digest(name: str) -> str:
+    """Hash of the code that makes built-in dataset ``name``: when it changes, the data is
+    regenerated."""
+    from hearproto.data import conditions
+
+    module = importlib.import_module(f"hearproto.data.{name}")
+    digest = hashlib.sha256()
+    for source in (module.__file__, conditions.__file__):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: int,
                      progress: bool = True) -> pd.DataFrame:
-    """Generate built-in dataset ``name`` into ``root`` unless it is already there. Returns
-    the clip table (``path``, ``label`` and the generator's attributes)."""
+    """Generate built-in dataset ``name`` into ``root`` unless it is already there: render,
+    then give every clip recording conditions of its own (:mod:`hearproto.data.conditions`).
+    Data made by an older generator is regenerated. Returns the clip table (``path``,
+    ``label``, the generator's attributes, the conditions)."""
+    from hearproto.data.conditions import condition_clips
+
     wanted = {"name": name, "seed": seed, "limit_per_class": limit_per_class}
+    generator = generator_digest(name)
     marker = root / GENERATOR_MARKER
+    stale = False
     if marker.is_file():
         found = json.loads(marker.read_text())
         different = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
@@ -97,21 +112,33 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
                                 in different.items())
             raise ValueError(f"{root} holds another generated dataset ({details}); pass another "
                              f"--root, or delete that folder to regenerate it")
-        return pd.read_csv(root / GENERATED_TABLE, dtype={"path": str, "label": str})
-    if root.exists() and any(root.iterdir()):
+        if found.get("generator") == generator:
+            return pd.read_csv(root / GENERATED_TABLE, dtype={"path": str, "label": str})
+        warnings.warn(f"{root} was made by another version of the {name} generator; "
+                      "regenerating it", stacklevel=2)
+        stale = True
+    elif root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and was not made by hearproto; refusing to write "
                               f"into it. Pass an empty or new folder with --root.")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
     try:
         rows = _renderer(name)(tmp, limit_per_class=limit_per_class, seed=seed, progress=progress)
+        rows = condition_clips(tmp, rows, seed, progress)
         table = pd.DataFrame(rows)
         table.to_csv(tmp / GENERATED_TABLE, index=False)
-        (tmp / GENERATOR_MARKER).write_text(json.dumps({**wanted, "clips": len(table)}, indent=1))
+        (tmp / GENERATOR_MARKER).write_text(
+            json.dumps({**wanted, "generator": generator, "clips": len(table)}, indent=1))
         os.chmod(tmp, 0o755)
-        if root.exists():
-            root.rmdir()  # empty, checked above
-        os.replace(tmp, root)
+        if stale:  # swap, then drop the old data: never a moment without a complete dataset
+            old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-old-"))
+            os.replace(root, old / root.name)
+            os.replace(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if root.exists():
+                root.rmdir()  # empty, checked above
+            os.replace(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

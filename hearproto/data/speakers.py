@@ -47,8 +47,8 @@ DEFAULT_PER_SPEAKER = 48
 MIN_SECONDS, MAX_SECONDS = 2.0, 8.0
 LOADER_PIN = "espeakng-loader==0.2.4"
 
-RATE_JITTER = 10  # words per minute, either side of the speaker's base
-PITCH_JITTER = 8  # espeak pitch units (0-100, 50 = the voice's own pitch)
+RATE_JITTER = 25  # words per minute, either side of the speaker's base
+PITCH_JITTER = 20  # espeak pitch units (0-100, 50 = the voice's own pitch)
 MAX_ATTEMPTS = 30  # sentences tried per clip before giving up on it
 TRIM_DB = -40.0  # leading/trailing samples quieter than this (re the peak) are silence
 MARGIN_SECONDS = 0.05  # silence kept on each side of the trimmed speech
