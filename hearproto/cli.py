@@ -80,6 +80,72 @@ def _data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hearproto.train import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset, root=args.root, mode=args.mode, out=args.out,
+        epochs=args.epochs, max_minutes=args.max_minutes, patience=args.patience,
+        prototypes=args.prototypes, batch_size=args.batch_size, device=args.device,
+        seed=args.seed, threads=args.threads, bf16=args.bf16,
+        limit_per_class=args.limit_per_class, preset=args.preset,
+        n_speakers=None if args.n_speakers == "all" else int(args.n_speakers),
+    )
+    summary = train(config)
+    print(f"{summary['out']}: {summary['epochs']} epochs, stage {summary['stage']}, "
+          f"{summary['stop_reason']}, {summary['minutes']} min")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from hearproto.train import evaluate_checkpoint
+
+    scores = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
+                                 root=args.root)
+    if args.json:
+        print(json.dumps(scores, indent=1))
+    else:
+        print(f"{scores['dataset']} {scores['mode']} ({scores['stage']}), {scores['split']}: "
+              f"OA {scores['OA']:.1f} %, AA {scores['AA']:.1f} %, L_rec {scores['L_rec']:.2f}")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    from hearproto.audio import prototype_to_audio, save_audio
+    from hearproto.train import load_checkpoint
+
+    model, payload = load_checkpoint(args.checkpoint)
+    classes = payload["classes"]
+    if args.prototype.isdigit():
+        index = int(args.prototype)
+    elif args.prototype in classes and payload["config"]["mode"] == "supervised":
+        index = classes.index(args.prototype)
+    else:
+        raise ValueError(f"--prototype must be an index in [0, {model.num_prototypes}) or, for "
+                         f"a supervised model, a class name ({', '.join(classes[:5])}, ...)")
+    if not 0 <= index < model.num_prototypes:
+        raise ValueError(f"--prototype {index} is out of range [0, {model.num_prototypes})")
+    wave = prototype_to_audio(model.prototypes[index], model.frontend, seconds=args.seconds)
+    save_audio(args.out, wave, model.frontend.sample_rate, overwrite=args.force)
+    print(f"{args.out}: prototype {index} ({args.seconds:.1f} s)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from hearproto.bench import format_table, run_benchmarks
+
+    report = run_benchmarks(
+        device=args.device, shapes=args.shapes.split(",") if args.shapes else None,
+        batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
+        repeats=args.repeats, k_chunk=args.k_chunk, bf16=args.bf16, threads=args.threads)
+    print(json.dumps(report, indent=1) if args.json else format_table(report))
+    return 0
+
+
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     from hearproto.audio import PRESETS
     from hearproto.data import DATASETS
@@ -101,6 +167,7 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from hearproto.audio import PRESETS
+    from hearproto.data import DATASETS
     from hearproto.experiments import EXPERIMENTS, SCALES
 
     parser = argparse.ArgumentParser(
@@ -135,6 +202,55 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_data_info)
 
+    train = commands.add_parser("train", help="train a prototype model (resumes if --out has one)")
+    train.add_argument("--dataset", required=True, choices=list(DATASETS))
+    train.add_argument("--root", help="data folder (see `hearproto data prepare`)")
+    train.add_argument("--mode", choices=["supervised", "unsupervised"], default="supervised")
+    train.add_argument("--out", required=True, help="run folder: last.pt, stages/, metrics.csv")
+    train.add_argument("--epochs", type=int, default=1000, help="epoch budget (default: 1000)")
+    train.add_argument("--max-minutes", type=float, help="time budget, over resumes")
+    train.add_argument("--patience", type=int, default=10,
+                       help="epochs without improvement that end a curriculum stage (default: 10)")
+    train.add_argument("--prototypes", type=int, help="K (default: the number of classes)")
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    train.add_argument("--limit-per-class", type=int, metavar="N")
+    train.add_argument("--n-speakers", default="128", metavar="K",
+                       help="librispeech: the K speakers with the most audio, or 'all'")
+    train.add_argument("--preset", choices=sorted(PRESETS),
+                       help="front end (default: the dataset's; folder: instruments)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="OA, AA and L_rec of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--root", help="the dataset's folder, if it moved")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=_evaluate)
+
+    play = commands.add_parser("play", help="write a prototype as sound")
+    play.add_argument("--checkpoint", required=True)
+    play.add_argument("--prototype", required=True, help="index, or class name (supervised)")
+    play.add_argument("--out", required=True, help="FILE.wav")
+    play.add_argument("--seconds", type=float, default=1.0)
+    play.add_argument("--force", action="store_true", help="replace --out if it exists")
+    play.set_defaults(handler=_play)
+
+    bench = commands.add_parser("bench", help="speed and memory of one training step")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--shapes", help="comma-separated: sol, librispeech (default: both)")
+    bench.add_argument("--batch-sizes", help="comma-separated (default: 16,128)")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--k-chunk", type=int, default=8, help="prototypes per chunk (default: 8)")
+    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    bench.add_argument("--threads", type=int)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_bench)
+
     experiments = commands.add_parser("experiments", help="run the experiment notebooks")
     experiment_commands = experiments.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = experiment_commands.add_parser(
@@ -157,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, ImportError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, ImportError,
+            RuntimeError) as err:
         print(f"hearproto: error: {err}", file=sys.stderr)
         return 2
 

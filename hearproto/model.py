@@ -1,0 +1,233 @@
+"""The prototype model: K spectral prototypes and the networks that transform them.
+
+A shared 2-D encoder reads a log-Mel clip ``(B, T, F)``; three 1-D decoders (pitch, gain,
+filters) predict, for every prototype and time step, the parameters of its transformations
+(DESIGN.md, "The model"). The reconstruction of clip b by prototype k is
+``filters(gain(pitch(P_k)))`` at every time step; its mean squared error is the score that
+assigns clips to prototypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.cluster import kmeans_plusplus
+from torch import Tensor, nn
+from torch.nn import functional as nnf
+
+from hearproto.audio import FrontEnd
+from hearproto.transforms import (
+    filter_params_from_raw,
+    gain_from_raw,
+    mel_bin_constants,
+    pitch_from_raw,
+    reconstruct,
+    reconstruction_error,
+)
+
+__all__ = ["TRANSFORMATIONS", "PrototypeModel", "Transformations", "init_prototypes"]
+
+#: In the order the curriculum switches them on (and the order they are applied).
+TRANSFORMATIONS = ("gain", "pitch", "filters")
+PARAMS_PER_TRANSFORMATION = {"pitch": 1, "gain": 1, "filters": 4}
+DOWN_CHANNELS = (8, 16, 32, 64)
+SKIP_CHANNELS = 2
+DECODER_CHANNELS = 64
+TIME_MULTIPLE = 2 ** len(DOWN_CHANNELS)
+
+
+def _conv_block(conv: nn.Module, channels: int, two_d: bool) -> nn.Sequential:
+    norm = nn.BatchNorm2d(channels) if two_d else nn.BatchNorm1d(channels)
+    return nn.Sequential(conv, nn.ReLU(inplace=True), norm)
+
+
+class Encoder(nn.Module):
+    """``(B, T, F)`` -> bottleneck ``(B, 64, T/16)`` and skips ``[(B, 2, T/2^i)]``, i = 0..3.
+
+    Four down blocks (conv 3x3, then a stride-2 conv 2x2, each followed by ReLU and batch
+    norm); from each level a learned frequency pooling (a conv spanning the whole remaining
+    frequency height) gives a 2-channel 1-D skip.
+    """
+
+    def __init__(self, n_mels: int) -> None:
+        super().__init__()
+        if n_mels % TIME_MULTIPLE:
+            raise ValueError(f"n_mels must be a multiple of {TIME_MULTIPLE}, got {n_mels}")
+        self.levels = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        channels, height = 1, n_mels
+        for out in DOWN_CHANNELS:
+            self.levels.append(_conv_block(nn.Conv2d(channels, out, 3, padding=1), out, True))
+            self.pools.append(nn.Conv2d(out, SKIP_CHANNELS, (1, height)))
+            self.downs.append(_conv_block(nn.Conv2d(out, out, 2, stride=2), out, True))
+            channels, height = out, height // 2
+        self.last = _conv_block(nn.Conv2d(channels, 2 * channels, 3, padding=1), 2 * channels, True)
+        self.collapse = _conv_block(nn.Conv2d(2 * channels, DECODER_CHANNELS, (1, height)),
+                                    DECODER_CHANNELS, True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        h = (2 * x - 1).unsqueeze(1)  # (B, 1, T, F), values ~[-1, 1]
+        skips = []
+        for level, pool, down in zip(self.levels, self.pools, self.downs):
+            h = level(h)
+            skips.append(pool(h).squeeze(-1))  # (B, 2, T / 2^i)
+            h = down(h)
+        return self.collapse(self.last(h)).squeeze(-1), skips
+
+
+class Decoder(nn.Module):
+    """Bottleneck and skips -> raw parameters ``(B, K, T, n)`` for one transformation family.
+
+    Four up blocks (conv1d k3, then a transposed conv k2 s2 to 62 channels, each followed by
+    ReLU and batch norm, then the 2-channel skip of that resolution concatenated), a conv1d k3,
+    and a 1x1 conv to ``n * K`` outputs whose weights start near zero (N(0, 1e-5)), so that the
+    transformation starts as the identity.
+    """
+
+    def __init__(self, num_prototypes: int, n_params: int) -> None:
+        super().__init__()
+        c = DECODER_CHANNELS
+        self.num_prototypes, self.n_params = num_prototypes, n_params
+        self.ups = nn.ModuleList(
+            nn.Sequential(
+                _conv_block(nn.Conv1d(c, c, 3, padding=1), c, False),
+                _conv_block(nn.ConvTranspose1d(c, c - SKIP_CHANNELS, 2, stride=2),
+                            c - SKIP_CHANNELS, False),
+            )
+            for _ in DOWN_CHANNELS
+        )
+        self.smooth = _conv_block(nn.Conv1d(c, c, 3, padding=1), c, False)
+        self.head = nn.Conv1d(c, n_params * num_prototypes, 1)
+        nn.init.normal_(self.head.weight, std=1e-5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, bottleneck: Tensor, skips: list[Tensor]) -> Tensor:
+        h = bottleneck
+        for up, skip in zip(self.ups, reversed(skips)):
+            h = torch.cat([up(h), skip], dim=1)
+        out = self.head(self.smooth(h))  # (B, n * K, T)
+        batch, _, time = out.shape
+        return out.view(batch, self.num_prototypes, self.n_params, time).permute(0, 1, 3, 2)
+
+
+@dataclass
+class Transformations:
+    """Per (clip, prototype, time step) parameters; None where a transformation is off."""
+
+    pitch: Tensor | None = None  # (B, K, T), factor s in [1/e, e]
+    gain: Tensor | None = None  # (B, K, T), added log power
+    filters: Tensor | None = None  # (B, K, T, 4): c_h, G_h, c_l, G_l
+
+    def crop(self, length: int) -> "Transformations":
+        return Transformations(*(None if p is None else p[:, :, :length]
+                                 for p in (self.pitch, self.gain, self.filters)))
+
+
+class PrototypeModel(nn.Module):
+    """K prototypes ``(K, F)``, a shared encoder, one decoder per transformation family, and
+    the learnable inverse temperature ``beta = softplus(b)`` of the supervised loss.
+
+    ``active`` (a set of names from :data:`TRANSFORMATIONS`) is part of the model's state:
+    the curriculum switches transformations on one by one.
+    """
+
+    def __init__(self, num_prototypes: int, frontend: FrontEnd, beta_init: float = -4.0) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.num_prototypes = num_prototypes
+        self.prototypes = nn.Parameter(torch.full((num_prototypes, frontend.n_mels), 0.5))
+        self.beta_raw = nn.Parameter(torch.tensor(float(beta_init)))
+        self.encoder = Encoder(frontend.n_mels)
+        self.decoders = nn.ModuleDict({
+            name: Decoder(num_prototypes, PARAMS_PER_TRANSFORMATION[name])
+            for name in TRANSFORMATIONS
+        })
+        self.bins = mel_bin_constants(frontend)
+        self.register_buffer("active_mask", torch.zeros(len(TRANSFORMATIONS), dtype=torch.bool))
+
+    # -- curriculum state ---------------------------------------------------------------------
+
+    @property
+    def active(self) -> set[str]:
+        return {name for name, on in zip(TRANSFORMATIONS, self.active_mask.tolist()) if on}
+
+    def activate(self, name: str) -> None:
+        if name not in TRANSFORMATIONS:
+            raise ValueError(f"unknown transformation {name!r}; choose from {TRANSFORMATIONS}")
+        self.active_mask[TRANSFORMATIONS.index(name)] = True
+
+    @property
+    def beta(self) -> Tensor:
+        return nnf.softplus(self.beta_raw)
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def transformations(self, x: Tensor) -> Transformations:
+        """Parameters of the active transformations for clips ``x`` ``(B, T, F)``; T is padded
+        to a multiple of 16 for the encoder and the parameters cropped back."""
+        active = self.active
+        if not active:
+            return Transformations()
+        length = x.shape[1]
+        padded = -(-length // TIME_MULTIPLE) * TIME_MULTIPLE
+        if padded != length:
+            x = nnf.pad(x, (0, 0, 0, padded - length))
+        bottleneck, skips = self.encoder(x)
+        raw = {name: self.decoders[name](bottleneck, skips) for name in active}
+        params = Transformations(
+            pitch=pitch_from_raw(raw["pitch"][..., 0]) if "pitch" in raw else None,
+            gain=gain_from_raw(raw["gain"][..., 0]) if "gain" in raw else None,
+            filters=filter_params_from_raw(raw["filters"]) if "filters" in raw else None,
+        )
+        return params.crop(length)
+
+    def errors(self, x: Tensor, k_chunk: int | None = 8) -> tuple[Tensor, Transformations]:
+        """Reconstruction error of every clip by every prototype, ``(B, K)`` (mean over T and
+        F of the squared error), and the transformations used, without materialising all
+        ``(B, K, T, F)`` reconstructions at once."""
+        params = self.transformations(x)
+        errors = reconstruction_error(
+            x, self.prototypes, pitch=params.pitch, gain=params.gain, filters=params.filters,
+            constants=self.bins.to(x.device), k_chunk=k_chunk,
+        )
+        return errors, params
+
+    def reconstructions(self, x: Tensor, prototypes: Tensor | None = None) -> Tensor:
+        """All reconstructions ``(B, K, T, F)`` (or of the prototype indices given)."""
+        params = self.transformations(x)
+        if prototypes is not None:
+            params = Transformations(*(None if p is None else p[:, prototypes]
+                                       for p in (params.pitch, params.gain, params.filters)))
+        table = self.prototypes if prototypes is None else self.prototypes[prototypes]
+        out = reconstruct(table, pitch=params.pitch, gain=params.gain, filters=params.filters,
+                          constants=self.bins.to(x.device))
+        # with no transformation the prototypes broadcast: one per frame of every clip
+        return out.expand(x.shape[0], -1, x.shape[1], -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.errors(x)[0]
+
+
+@torch.no_grad()
+def init_prototypes(model: PrototypeModel, clip_means: np.ndarray, labels: np.ndarray | None,
+                    seed: int, noise: float = 0.01) -> None:
+    """Initialise the prototypes from the data ``clip_means`` ``(N, F)`` (time-averaged
+    training clips): supervised (``labels`` given), prototype k starts at the mean of class k;
+    unsupervised, K clips chosen k-means++-style. Then ``noise``·N(0, 1) is added."""
+    k = model.num_prototypes
+    if labels is not None:
+        centres = np.stack([clip_means[labels == c].mean(0) if np.any(labels == c)
+                            else clip_means.mean(0) for c in range(k)])
+    else:
+        if len(clip_means) < k:
+            raise ValueError(f"{k} prototypes need at least {k} training clips, "
+                             f"got {len(clip_means)}")
+        centres, _ = kmeans_plusplus(clip_means.astype(np.float64), n_clusters=k,
+                                     random_state=seed)
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.as_tensor(centres, dtype=torch.float32)
+    values += noise * torch.randn(values.shape, generator=generator)
+    model.prototypes.copy_(values.to(model.prototypes.device))

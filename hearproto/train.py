@@ -1,0 +1,526 @@
+"""Training: losses, the curriculum, unsupervised reassignment, checkpoints and resume.
+
+One :class:`TrainConfig` describes a run; :func:`train` runs it into ``config.out``:
+
+- ``config.json`` the exact configuration; ``metrics.csv`` one row per epoch;
+- ``stages/STAGE.pt`` the model at the end of each curriculum stage (Table 1's rows);
+- ``last.pt`` the latest state (every epoch), from which a killed run resumes exactly.
+
+Curriculum (DESIGN.md): raw prototypes -> + gain -> + pitch -> + filters (-> + cross-entropy
+when supervised) -> learning rate / 10; a stage ends when the training loss has not improved
+for ``patience`` epochs. When a transformation is switched on, the encoder and its decoder
+warm up linearly from ``lr * 1e-3`` to ``lr``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as nnf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hearproto.audio import FrontEnd
+from hearproto.data import PreparedDataset, prepare_dataset
+from hearproto.data.dataset import ClipDataset
+from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
+from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
+
+__all__ = ["TrainConfig", "train", "load_checkpoint", "clip_errors", "evaluate_checkpoint",
+           "stages_for", "augment"]
+
+CHECKPOINT_FORMAT = 1
+MODES = ("supervised", "unsupervised")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved as ``config.json``)."""
+
+    dataset: str = "instruments"
+    out: str = "runs/instruments-supervised"
+    mode: str = "supervised"
+    root: str | None = None
+    limit_per_class: int | None = None
+    n_speakers: int | None = 128
+    preset: str | None = None  # front end; default: the dataset's
+    prototypes: int | None = None  # default: the number of classes
+    epochs: int = 1000  # budget; the curriculum usually ends first
+    max_minutes: float | None = None  # time budget, over resumes
+    patience: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    beta_lr_factor: float = 5.0
+    lambda_ce: float = 0.01
+    warmup_epochs: float = 1.0
+    min_share: float = 0.02  # reassignment: share * K below this starves a prototype
+    augment: bool = True
+    k_chunk: int = 8  # prototypes per chunk of the error (8 is fastest on CPU, see bench)
+    device: str = "auto"
+    bf16: bool = False  # autocast on CUDA
+    threads: int | None = None
+    seed: int = 0
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("epochs", "patience", "batch_size", "k_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def stages_for(mode: str) -> list[str]:
+    """The curriculum: each stage switches one thing on; ``lr_decay`` divides the lr by 10."""
+    return ["raw", *TRANSFORMATIONS, *(["ce"] if mode == "supervised" else []), "lr_decay"]
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and augmentation
+
+
+def loss_from_errors(errors: Tensor, labels: Tensor, mode: str, beta: Tensor,
+                     lambda_ce: float, use_ce: bool) -> Tensor:
+    """Unsupervised: mean of min_k errors. Supervised: mean error of the true class's
+    prototype, plus ``lambda_ce`` * cross-entropy of softmax(-beta * errors) when ``use_ce``."""
+    if mode == "unsupervised":
+        return errors.min(dim=1).values.mean()
+    loss = errors.gather(1, labels[:, None]).mean()
+    if use_ce:
+        loss = loss + lambda_ce * nnf.cross_entropy(-beta * errors, labels)
+    return loss
+
+
+def augment(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The authors' augmentation of a batch ``(B, T, F)``: a random stretch of the mel axis by
+    exp(0.15 N), a global bias 0.05 N and per-bin noise 0.01 N."""
+    batch, _, n_bins = x.shape
+    options = {"generator": generator, "device": x.device}
+    scale = torch.exp(0.15 * torch.randn(batch, 1, **options))
+    source = torch.arange(n_bins, device=x.device, dtype=x.dtype)[None, :] / scale  # (B, F)
+    source = source.clamp(0, n_bins - 1)
+    low = source.floor().long().clamp(max=n_bins - 2)
+    weight = (source - low)[:, None, :]
+    index = low[:, None, :].expand(-1, x.shape[1], -1)
+    stretched = torch.lerp(x.gather(2, index), x.gather(2, index + 1), weight)
+    bias = 0.05 * torch.randn(batch, 1, 1, **options)
+    return stretched + bias + 0.01 * torch.randn(x.shape, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation on whole clips
+
+
+@torch.no_grad()
+def clip_errors(model: PrototypeModel, dataset: ClipDataset, batch_size: int = 64,
+                device: torch.device | str = "cpu", k_chunk: int = 8) -> Tensor:
+    """Errors ``(N, K)`` of every whole clip of ``dataset`` by every prototype; clips of the
+    same length are batched together."""
+    model.eval()
+    lengths = dataset.table["frames"].to_numpy()
+    errors = torch.empty(len(dataset), model.num_prototypes)
+    order = np.argsort(lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while (stop < len(order) and stop - start < batch_size
+               and lengths[order[stop]] == lengths[order[start]]):
+            stop += 1
+        indices = order[start:stop]
+        batch = torch.stack([torch.from_numpy(np.array(dataset.frames(i))) for i in indices])
+        errors[torch.from_numpy(indices)] = model.errors(batch.to(device), k_chunk)[0].float().cpu()
+        start = stop
+    return errors
+
+
+def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device, batch_size: int,
+                train_errors: Tensor | None = None) -> np.ndarray:
+    if mode == "supervised":
+        return supervised_mapping(model.num_prototypes)
+    if train_errors is None:
+        train_errors = clip_errors(model, train, batch_size, device)
+    return majority_mapping(train_errors.argmin(1).numpy(), train.labels.numpy(),
+                            model.num_prototypes, train.num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> tuple[PrototypeModel, dict]:
+    """A model and its checkpoint dictionary (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a hearproto checkpoint ({err})") from None
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+    model = PrototypeModel(payload["num_prototypes"], FrontEnd(**payload["frontend"]))
+    model.load_state_dict(payload["model"])
+    return model.to(device), payload
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    stage: int = 0  # index into stages_for(mode)
+    step: int = 0
+    warm_start_step: int = 0
+    warm_groups: list[str] = field(default_factory=list)
+    best_loss: float = math.inf
+    stale_epochs: int = 0
+    elapsed_seconds: float = 0.0
+    done: bool = False
+    stop_reason: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked, but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, progress: bool = True) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)  # the networks' initial weights
+        self.data: PreparedDataset = prepare_dataset(
+            config.dataset, root=config.root, limit_per_class=config.limit_per_class,
+            n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
+        self.train_set = self.data.split("train")
+        self.train_clips = self.data.split("train", crop_frames=None)
+        self.val_set = self.data.split("val")
+        if len(self.train_set) == 0:
+            raise ValueError(f"{config.dataset}: the training split is empty")
+        k = config.prototypes or self.train_set.num_classes
+        if config.mode == "supervised" and k != self.train_set.num_classes:
+            raise ValueError(f"supervised training needs one prototype per class "
+                             f"({self.train_set.num_classes}), got --prototypes {k}")
+        self.stages = stages_for(config.mode)
+        self.model = PrototypeModel(k, self.data.frontend).to(self.device)
+        self.optimizer = self._optimizer()
+        self.loader_generator = torch.Generator()
+        self.state = _State()
+        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def _optimizer(self) -> torch.optim.AdamW:
+        c, model = self.config, self.model
+        groups = [
+            {"name": "prototypes", "params": [model.prototypes], "weight_decay": 0.0, "lr": c.lr},
+            {"name": "beta", "params": [model.beta_raw], "weight_decay": 0.0,
+             "lr": c.lr * c.beta_lr_factor},
+            {"name": "encoder", "params": list(model.encoder.parameters()),
+             "weight_decay": c.weight_decay, "lr": c.lr},
+        ] + [
+            {"name": name, "params": list(model.decoders[name].parameters()),
+             "weight_decay": c.weight_decay, "lr": c.lr}
+            for name in TRANSFORMATIONS
+        ]
+        for group in groups:
+            group["base_lr"] = group["lr"]
+        return torch.optim.AdamW(groups, lr=c.lr)
+
+    def _fresh_start(self) -> None:
+        self.loader_generator.manual_seed(self.config.seed)
+        means = np.stack([np.asarray(self.train_clips.frames(i)).mean(0)
+                          for i in range(len(self.train_clips))])
+        labels = self.train_clips.labels.numpy() if self.config.mode == "supervised" else None
+        init_prototypes(self.model, means, labels, self.config.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        with open(self.out / "metrics.csv", "w", newline="") as handle:
+            csv.writer(handle).writerow(METRIC_COLUMNS)
+
+    def _resume(self, payload: dict) -> None:
+        saved = TrainConfig.from_dict(payload["config"])
+        for name in ("dataset", "mode", "seed", "prototypes", "batch_size", "limit_per_class",
+                     "preset"):
+            if getattr(saved, name) != getattr(self.config, name):
+                raise ValueError(
+                    f"{self.out} holds a run with {name}={getattr(saved, name)!r}, not "
+                    f"{getattr(self.config, name)!r}; use another --out to start a new run")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = _State(**payload["state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.loader_generator.set_state(payload["rng"]["loader"])
+        if self.device.type == "cuda" and payload["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(payload["rng"]["cuda"])
+        _truncate_metrics(self.out / "metrics.csv", self.state.epoch)
+
+    def _payload(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(self.config),
+            "num_prototypes": self.model.num_prototypes,
+            "frontend": self.data.frontend.to_dict(),
+            "classes": list(self.train_set.classes),
+            "stage": self.stages[self.state.stage],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": asdict(self.state),
+            "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
+            "data": {"split_hash": self.data.info()["split_hash"], "root": str(self.data.root)},
+        }
+
+    # -- curriculum -----------------------------------------------------------------------------
+
+    def _enter_stage(self, index: int) -> None:
+        """Switch on what stage ``index`` adds."""
+        name = self.stages[index]
+        state = self.state
+        state.stage, state.best_loss, state.stale_epochs = index, math.inf, 0
+        if name in TRANSFORMATIONS:
+            self.model.activate(name)
+            state.warm_groups = ["encoder", name]
+            state.warm_start_step = state.step
+        elif name == "lr_decay":
+            for group in self.optimizer.param_groups:
+                group["base_lr"] /= 10
+
+    def _set_learning_rates(self) -> None:
+        state = self.state
+        warm_steps = max(1, round(self.config.warmup_epochs * self.steps_per_epoch))
+        progress = min(1.0, (state.step - state.warm_start_step) / warm_steps)
+        warm = 1e-3 + (1 - 1e-3) * progress
+        for group in self.optimizer.param_groups:
+            factor = warm if group["name"] in state.warm_groups else 1.0
+            group["lr"] = group["base_lr"] * factor
+
+    # -- one epoch ------------------------------------------------------------------------------
+
+    def _epoch(self, callback: Callable[[int], None] | None) -> tuple[float, np.ndarray]:
+        c, model = self.config, self.model
+        model.train()
+        loader = DataLoader(self.train_set, batch_size=c.batch_size, shuffle=True,
+                            generator=self.loader_generator, drop_last=False)
+        use_ce = self.stages[self.state.stage] in ("ce", "lr_decay") and c.mode == "supervised"
+        total, count = 0.0, 0
+        counts = np.zeros(model.num_prototypes, dtype=np.int64)
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            if c.augment:
+                x = augment(x)
+            self._set_learning_rates()
+            with torch.autocast("cuda", dtype=torch.bfloat16,
+                                enabled=c.bf16 and self.device.type == "cuda"):
+                errors, _ = model.errors(x, c.k_chunk)
+            errors = errors.float()
+            loss = loss_from_errors(errors, y, c.mode, model.beta, c.lambda_ce, use_ce)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.state.step += 1
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            counts += np.bincount(errors.detach().argmin(1).cpu().numpy(),
+                                  minlength=model.num_prototypes)
+            if callback is not None:
+                callback(self.state.step)
+        return total / count, counts
+
+    @torch.no_grad()
+    def _reassign(self, counts: np.ndarray) -> list[int]:
+        """Unsupervised: replace prototypes chosen by fewer than ``min_share`` of their fair
+        share by noisy copies of prototypes drawn in proportion to their share."""
+        k = self.model.num_prototypes
+        share = counts / max(counts.sum(), 1)
+        starved = np.flatnonzero(share * k < self.config.min_share)
+        if len(starved) == 0 or len(starved) == k:
+            return []
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.state.epoch)
+        donors = torch.multinomial(torch.as_tensor(share), len(starved), replacement=True,
+                                   generator=generator).tolist()
+        prototypes = self.model.prototypes
+        for target, donor in zip(starved.tolist(), donors):
+            prototypes[target] = prototypes[donor]
+            for row in (target, donor):
+                prototypes[row] += 0.01 * torch.randn(prototypes.shape[1], generator=generator
+                                                      ).to(prototypes.device)
+            self._copy_rows(target, donor)
+        return starved.tolist()
+
+    def _copy_rows(self, target: int, donor: int) -> None:
+        """Copy prototype ``donor``'s decoder head rows and optimiser state to ``target``."""
+        pairs = [(self.model.prototypes, 1, 0)]
+        for decoder in self.model.decoders.values():
+            n = decoder.n_params
+            pairs += [(decoder.head.weight, n, 0), (decoder.head.bias, n, 0)]
+        for param, rows_per_prototype, _ in pairs:
+            t = slice(target * rows_per_prototype, (target + 1) * rows_per_prototype)
+            d = slice(donor * rows_per_prototype, (donor + 1) * rows_per_prototype)
+            if param is not self.model.prototypes:
+                param.data[t] = param.data[d]
+            for key, value in self.optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0:
+                    value[t] = value[d]
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def fit(self, callback: Callable[[int], None] | None = None) -> dict:
+        c = self.config
+        last = self.out / "last.pt"
+        if last.is_file():
+            _, payload = load_checkpoint(last, self.device)
+            self._resume(payload)
+            if self.state.done:
+                return self._summary()
+        else:
+            self._fresh_start()
+            self._enter_stage(0)
+        started = time.perf_counter() - self.state.elapsed_seconds
+        bar = tqdm(total=c.epochs, initial=self.state.epoch, unit="epoch",
+                   desc=f"{c.dataset} {c.mode}", disable=not self.progress)
+        while not self.state.done:
+            epoch_start = time.perf_counter()
+            loss, counts = self._epoch(callback)
+            state = self.state
+            state.epoch += 1
+            reassigned = self._reassign(counts) if c.mode == "unsupervised" else []
+            val = self._validate(counts)
+            if loss < state.best_loss * (1 - 1e-4):
+                state.best_loss, state.stale_epochs = loss, 0
+            else:
+                state.stale_epochs += 1
+            state.elapsed_seconds = time.perf_counter() - started
+            self._log(loss, val, reassigned, time.perf_counter() - epoch_start)
+            bar.update(1)
+            bar.set_postfix(stage=self.stages[state.stage], loss=f"{loss:.4f}",
+                            val_OA=f"{val.get('OA', float('nan')):.1f}")
+            if state.stale_epochs >= c.patience:
+                _atomic_save(self._payload(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
+                if state.stage + 1 < len(self.stages):
+                    self._enter_stage(state.stage + 1)
+                else:
+                    state.done, state.stop_reason = True, "curriculum complete"
+            if not state.done and state.epoch >= c.epochs:
+                state.done, state.stop_reason = True, f"epoch budget ({c.epochs})"
+            if (not state.done and c.max_minutes is not None
+                    and state.elapsed_seconds >= 60 * c.max_minutes):
+                state.done, state.stop_reason = True, f"time budget ({c.max_minutes} min)"
+            _atomic_save(self._payload(), last)
+        bar.close()
+        return self._summary()
+
+    def _validate(self, counts: np.ndarray) -> dict:
+        if len(self.val_set) == 0:
+            return {}
+        errors = clip_errors(self.model, self.val_set, self.config.eval_batch_size, self.device,
+                             self.config.k_chunk)
+        if self.config.mode == "supervised":
+            mapping = supervised_mapping(self.model.num_prototypes)
+        else:  # cheap during training: the majority mapping of the last epoch's crops
+            mapping = self._epoch_mapping
+        return evaluate(errors.numpy(), self.val_set.labels.numpy(), mapping,
+                        self.val_set.num_classes)
+
+    @property
+    def _epoch_mapping(self) -> np.ndarray:
+        errors = clip_errors(self.model, self.train_clips, self.config.eval_batch_size,
+                             self.device, self.config.k_chunk)
+        return mapping_for(self.model, "unsupervised", self.train_clips, self.device,
+                           self.config.eval_batch_size, errors)
+
+    def _log(self, loss: float, val: dict, reassigned: list[int], seconds: float) -> None:
+        state = self.state
+        row = [state.epoch, self.stages[state.stage], f"{loss:.6f}",
+               *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
+               f"{self.optimizer.param_groups[0]['lr']:.3g}", " ".join(sorted(self.model.active)),
+               len(reassigned), f"{seconds:.2f}", f"{state.elapsed_seconds:.1f}"]
+        with open(self.out / "metrics.csv", "a", newline="") as handle:
+            csv.writer(handle).writerow(row)
+
+    def _summary(self) -> dict:
+        return {"out": str(self.out), "epochs": self.state.epoch,
+                "stage": self.stages[self.state.stage], "stop_reason": self.state.stop_reason,
+                "minutes": round(self.state.elapsed_seconds / 60, 2)}
+
+
+METRIC_COLUMNS = ["epoch", "stage", "train_loss", "val_OA", "val_AA", "val_L_rec", "lr",
+                  "active", "reassigned", "epoch_seconds", "elapsed_seconds"]
+
+
+def _truncate_metrics(path: Path, epochs: int) -> None:
+    """Drop rows logged after the checkpoint (an epoch that was interrupted and is redone)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epochs]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
+def train(config: TrainConfig, progress: bool = True,
+          callback: Callable[[int], None] | None = None) -> dict:
+    """Run (or resume) ``config``; returns a summary. ``callback(step)`` runs after every
+    optimisation step."""
+    return Trainer(config, progress).fit(callback)
+
+
+def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: str = "auto",
+                        root: str | None = None, progress: bool = False) -> dict:
+    """OA, AA (percent) and L_rec (x100) of a checkpoint on a split of its dataset."""
+    device = resolve_device(device)
+    model, payload = load_checkpoint(path, device)
+    config = TrainConfig.from_dict(payload["config"])
+    data = prepare_dataset(config.dataset, root=root or config.root,
+                           limit_per_class=config.limit_per_class, n_speakers=config.n_speakers,
+                           frontend=FrontEnd(**payload["frontend"]), progress=progress)
+    if data.classes != payload["classes"]:
+        raise ValueError(f"{path}: the dataset's classes differ from the checkpoint's")
+    target = data.split(split, crop_frames=None)
+    mapping = mapping_for(model, config.mode, data.split("train", crop_frames=None), device,
+                          config.eval_batch_size)
+    errors = clip_errors(model, target, config.eval_batch_size, device, config.k_chunk)
+    scores = evaluate(errors.numpy(), target.labels.numpy(), mapping, target.num_classes)
+    return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": scores["L_rec"],
+            "stage": payload["stage"], "dataset": config.dataset, "mode": config.mode,
+            "split": split, "clips": len(target)}

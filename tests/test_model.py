@@ -1,0 +1,108 @@
+"""The prototype model: size, identity at start, shapes, initialisation, gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hearproto.audio import PRESETS
+from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
+
+
+def full_model(k: int = 5, preset: str = "speakers") -> PrototypeModel:
+    torch.manual_seed(0)
+    model = PrototypeModel(k, PRESETS[preset])
+    for name in TRANSFORMATIONS:
+        model.activate(name)
+    return model
+
+
+def test_parameter_count_matches_the_paper():
+    model = PrototypeModel(128, PRESETS["speakers"])
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - 545_800) / 545_800 < 0.02, count
+
+
+def test_every_transformation_starts_as_the_identity():
+    model = full_model()
+    model.eval()
+    x = torch.rand(3, 40, 128)
+    with torch.no_grad():
+        errors, params = model.errors(x)
+        model.active_mask.zero_()
+        raw_errors, _ = model.errors(x)
+    torch.testing.assert_close(errors, raw_errors, atol=1e-4, rtol=1e-3)
+    assert (params.pitch - 1).abs().max() < 1e-3
+    assert params.gain.abs().max() < 1e-3 and params.filters.abs().max() < 1e-3
+
+
+def test_shapes_and_time_padding():
+    model = full_model(k=4)
+    x = torch.rand(2, 37, 128)  # not a multiple of 16: padded for the encoder, cropped back
+    errors, params = model.errors(x)
+    assert errors.shape == (2, 4)
+    assert params.pitch.shape == params.gain.shape == (2, 4, 37)
+    assert params.filters.shape == (2, 4, 37, 4)
+    recon = model.reconstructions(x)
+    assert recon.shape == (2, 4, 37, 128)
+    manual = (recon - x[:, None]).square().mean(dim=(-2, -1))
+    torch.testing.assert_close(errors, manual, rtol=1e-5, atol=1e-6)
+    one = model.reconstructions(x, prototypes=torch.tensor([2]))
+    torch.testing.assert_close(one[:, 0], recon[:, 2])
+
+
+def test_raw_prototypes_reconstruct_every_frame_with_the_prototype():
+    model = PrototypeModel(3, PRESETS["speakers"])
+    x = torch.rand(2, 20, 128)
+    errors, params = model.errors(x)
+    assert params.pitch is None and params.gain is None and params.filters is None
+    expected = (model.prototypes[None, :, None, :] - x[:, None]).square().mean(dim=(-2, -1))
+    torch.testing.assert_close(errors, expected)
+    assert model.reconstructions(x).shape == (2, 3, 20, 128)
+
+
+def test_gradients_reach_prototypes_encoder_and_active_decoders_only():
+    model = PrototypeModel(4, PRESETS["speakers"])
+    model.activate("gain")
+    errors, _ = model.errors(torch.rand(2, 32, 128))
+    errors.min(1).values.mean().backward()
+    assert model.prototypes.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.decoders["gain"].parameters())
+    assert all(p.grad is None for p in model.decoders["pitch"].parameters())
+
+
+def test_active_transformations_are_state():
+    model = PrototypeModel(2, PRESETS["speakers"])
+    model.activate("pitch")
+    restored = PrototypeModel(2, PRESETS["speakers"])
+    restored.load_state_dict(model.state_dict())
+    assert restored.active == {"pitch"}
+    with pytest.raises(ValueError, match="unknown transformation"):
+        model.activate("reverb")
+
+
+def test_batch_consistency():
+    model = full_model(k=3)
+    model.eval()
+    x = torch.rand(4, 32, 128)
+    with torch.no_grad():
+        together = model.errors(x)[0]
+        alone = torch.cat([model.errors(x[i:i + 1])[0] for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
+
+
+def test_initialisation_from_data():
+    rng = np.random.default_rng(0)
+    means = np.concatenate([rng.normal(c, 0.01, size=(10, 128)) for c in (0.2, 0.5, 0.8)])
+    labels = np.repeat(np.arange(3), 10)
+    model = PrototypeModel(3, PRESETS["speakers"])
+    init_prototypes(model, means, labels, seed=0)
+    expected = torch.tensor(np.stack([means[labels == c].mean(0) for c in range(3)]), dtype=torch.float32)
+    assert (model.prototypes - expected).abs().mean() < 0.02  # class means + 0.01 N noise
+    init_prototypes(model, means, None, seed=0)  # k-means++: one centre near each cluster
+    levels = sorted(model.prototypes.mean(1).tolist())
+    assert levels == pytest.approx([0.2, 0.5, 0.8], abs=0.02)
+    with pytest.raises(ValueError, match="at least 5 training clips"):
+        init_prototypes(PrototypeModel(5, PRESETS["speakers"]), means[:4], None, seed=0)

@@ -1,0 +1,174 @@
+"""Training: losses, augmentation, learning on separable data, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.nn import functional as nnf
+
+from hearproto import cli
+from hearproto.train import (
+    TrainConfig, Trainer, augment, evaluate_checkpoint, load_checkpoint, loss_from_errors,
+    stages_for, train)
+
+SR = 16_000
+
+
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEARPROTO_DATA", str(tmp_path / "home"))
+
+
+def harmonic(f0: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    wave = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) / h for h in range(1, 6))
+    return (0.2 * wave * rng.uniform(0.5, 1.0)).astype(np.float32)
+
+
+@pytest.fixture
+def tones(tmp_path) -> Path:
+    """Three classes, far apart in pitch and timbre: any working model separates them."""
+    root = tmp_path / "tones"
+    rng = np.random.default_rng(0)
+    for label, f0 in (("low", 150.0), ("mid", 600.0), ("high", 2400.0)):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            sf.write(root / label / f"{i}.wav", harmonic(f0 * rng.uniform(0.97, 1.03), 0.6, rng), SR)
+    return root
+
+
+def config(root: Path, out: Path, **changes) -> TrainConfig:
+    values = dict(dataset="folder", root=str(root), out=str(out), mode="supervised", epochs=4,
+                  preset="speakers",
+                  patience=1, batch_size=8, lr=3e-3, k_chunk=2, seed=0, eval_batch_size=16)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_losses():
+    errors = torch.tensor([[0.3, 0.1, 0.5], [0.2, 0.4, 0.6]])
+    labels = torch.tensor([2, 0])
+    beta = torch.tensor(2.0)
+    assert float(loss_from_errors(errors, labels, "unsupervised", beta, 0.01, False)) == pytest.approx(0.15)
+    assert float(loss_from_errors(errors, labels, "supervised", beta, 0.01, False)) == pytest.approx(0.35)
+    ce = nnf.cross_entropy(-beta * errors, labels)
+    expected = 0.35 + 0.01 * float(ce)
+    assert float(loss_from_errors(errors, labels, "supervised", beta, 0.01, True)) == pytest.approx(expected)
+
+
+def test_augmentation_statistics():
+    torch.manual_seed(0)
+    x = torch.linspace(0, 1, 128).expand(512, 8, 128).contiguous()
+    y = augment(x)
+    assert y.shape == x.shape
+    bias = (y - x).mean(dim=(1, 2))
+    assert 0.03 < float(bias.std()) < 0.09  # global bias 0.05 N plus the stretch's shift
+    centre = y[:, :, 64].mean(1) - y[:, :, 64].mean()
+    assert float(centre.std()) > 0.05  # the mel axis was stretched
+    assert torch.isfinite(y).all()
+
+
+def test_curricula():
+    assert stages_for("supervised") == ["raw", "gain", "pitch", "filters", "ce", "lr_decay"]
+    assert stages_for("unsupervised") == ["raw", "gain", "pitch", "filters", "lr_decay"]
+
+
+def test_supervised_training_learns_separable_classes(tones, tmp_path):
+    out = tmp_path / "run"
+    summary = train(config(tones, out, epochs=12), progress=False)
+    assert summary["epochs"] == 12
+    assert (out / "config.json").is_file() and json.loads((out / "config.json").read_text())["lr"] == 3e-3
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
+    stages_done = sorted(p.stem for p in (out / "stages").glob("*.pt"))
+    assert {"raw", "gain", "pitch"} <= set(stages_done)
+    payload = torch.load(out / "last.pt", weights_only=True)  # no arbitrary pickles
+    assert payload["classes"] == ["high", "low", "mid"]
+    scores = evaluate_checkpoint(out / "last.pt", "test", device="cpu")
+    assert scores["OA"] >= 90 and scores["mode"] == "supervised" and scores["clips"] == 6
+    best = {}
+    for row in rows:
+        best[row["stage"]] = min(best.get(row["stage"], 1.0), float(row["train_loss"]))
+    assert best["pitch"] < best["raw"]  # the transformations reconstruct better
+
+
+def test_unsupervised_training_and_reassignment(tones, tmp_path):
+    trainer = Trainer(config(tones, tmp_path / "u", mode="unsupervised", epochs=2), progress=False)
+    trainer._fresh_start()
+    trainer._enter_stage(0)
+    trainer.model.activate("gain")
+    head = trainer.model.decoders["gain"].head
+    with torch.no_grad():
+        head.weight.normal_()
+    before = trainer.model.prototypes.detach().clone()
+    starved = trainer._reassign(np.array([50, 50, 0]))
+    assert starved == [2]
+    after = trainer.model.prototypes.detach()
+    donor = int(torch.argmin((after[2] - before[:2]).abs().mean(1)))
+    assert (after[2] - before[donor]).abs().max() < 0.1  # a noisy copy of a donor
+    torch.testing.assert_close(head.weight[2], head.weight[donor])
+    summary = trainer.fit()
+    assert summary["epochs"] == 2
+    assert evaluate_checkpoint(tmp_path / "u" / "last.pt", "test", device="cpu")["OA"] >= 0
+
+
+class Crash(Exception):
+    pass
+
+
+def test_killed_run_resumes_exactly(tones, tmp_path):
+    straight = tmp_path / "straight"
+    train(config(tones, straight, epochs=5), progress=False)
+
+    resumed = tmp_path / "resumed"
+
+    def crash_in_epoch_four(step: int) -> None:
+        if step == 3 * 3 + 2:  # 3 steps per epoch (21 clips, batches of 8)
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(config(tones, resumed, epochs=5), progress=False, callback=crash_in_epoch_four)
+    assert load_checkpoint(resumed / "last.pt")[1]["state"]["epoch"] == 3
+    train(config(tones, resumed, epochs=5), progress=False)
+
+    a, b = load_checkpoint(straight / "last.pt")[1], load_checkpoint(resumed / "last.pt")[1]
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 5 and a["stage"] == b["stage"]
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(tensor, b["model"][name], rtol=1e-5, atol=1e-6, msg=name)
+    metrics = [(tmp_path / run / "metrics.csv").read_text().splitlines() for run in ("straight", "resumed")]
+    assert [row.split(",")[:6] for row in metrics[0]] == [row.split(",")[:6] for row in metrics[1]]
+
+
+def test_resume_refuses_another_run(tones, tmp_path):
+    out = tmp_path / "run"
+    train(config(tones, out, epochs=1), progress=False)
+    with pytest.raises(ValueError, match="mode='supervised', not 'unsupervised'"):
+        train(config(tones, out, epochs=2, mode="unsupervised"), progress=False)
+
+
+def test_cli_train_evaluate_play(tones, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli.main(["train", "--dataset", "folder", "--root", str(tones), "--out", str(out),
+                     "--epochs", "2", "--batch-size", "8", "--device", "cpu",
+                     "--preset", "speakers"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(out / "last.pt"), "--split", "val",
+                     "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert {"OA", "AA", "L_rec", "stage", "dataset", "mode"} <= set(scores)
+    assert scores["dataset"] == "folder" and 0 <= scores["OA"] <= 100
+    wav = tmp_path / "mid.wav"
+    assert cli.main(["play", "--checkpoint", str(out / "last.pt"), "--prototype", "mid",
+                     "--out", str(wav)]) == 0
+    samples, rate = sf.read(wav)
+    assert rate == SR and len(samples) == SR
+    assert cli.main(["play", "--checkpoint", str(out / "last.pt"), "--prototype", "9",
+                     "--out", str(tmp_path / "x.wav")]) == 2
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
