@@ -35,7 +35,8 @@ def _peak_rss_bytes() -> int:
 
 
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
-               k_chunk: int = 8, bf16: bool = False, threads: int | None = None) -> dict:
+               k_chunk: int = 8, bf16: bool = False, threads: int | None = None,
+               compiled: bool = True) -> dict:
     """Time ``repeats`` training steps (after one warm-up) in this process."""
     from hearproto.audio import PRESETS
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
@@ -55,7 +56,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
 
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
-            errors = model.errors(x, k_chunk)[0].float()
+            errors = model.errors(x, k_chunk, compiled)[0].float()
         loss = loss_from_errors(errors, y, "supervised", model.beta, 0.01, True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,7 +76,8 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     seconds = sorted(times)[len(times) // 2]
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _peak_rss_bytes()
     result = {"shape": shape, "K": k, "T": t, "F": 128, "batch_size": batch_size,
-              "device": device, "bf16": bf16, "k_chunk": k_chunk, "threads": torch.get_num_threads(),
+              "device": device, "bf16": bf16, "k_chunk": k_chunk, "compiled": compiled,
+              "threads": torch.get_num_threads(),
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
     authors = AUTHORS_CPU.get((shape, batch_size)) if dev.type == "cpu" else None
@@ -87,7 +89,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
 
 def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
                    batch_sizes: list[int] | None = None, repeats: int = 3, k_chunk: int = 8,
-                   bf16: bool = False, threads: int | None = None) -> dict:
+                   bf16: bool = False, threads: int | None = None, compiled: bool = True) -> dict:
     """Every (shape, batch size), each in a fresh subprocess. Returns a JSON-ready dict."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -97,7 +99,8 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
             raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
         for batch_size in batch_sizes or [16, 128]:
             command = [sys.executable, "-m", "hearproto.bench", "--one", shape, str(batch_size),
-                       device, str(repeats), str(k_chunk), str(int(bf16)), str(threads or 0)]
+                       device, str(repeats), str(k_chunk), str(int(bf16)), str(threads or 0),
+                       str(int(compiled))]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"benchmark {shape} B={batch_size} failed:\n{done.stderr[-2000:]}")
@@ -120,7 +123,7 @@ def format_table(report: dict) -> str:
 
 if __name__ == "__main__":  # one measurement, in its own process
     parser = argparse.ArgumentParser()
-    parser.add_argument("--one", nargs=7, required=True)
-    shape, batch, device, repeats, k_chunk, bf16, threads = parser.parse_args().one
+    parser.add_argument("--one", nargs=8, required=True)
+    shape, batch, device, repeats, k_chunk, bf16, threads, compiled = parser.parse_args().one
     print(json.dumps(bench_step(shape, int(batch), device, int(repeats), int(k_chunk),
-                                bool(int(bf16)), int(threads) or None)))
+                                bool(int(bf16)), int(threads) or None, bool(int(compiled)))))

@@ -86,9 +86,9 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         dataset=args.dataset, root=args.root, mode=args.mode, out=args.out,
         epochs=args.epochs, max_minutes=args.max_minutes, patience=args.patience,
-        prototypes=args.prototypes, batch_size=args.batch_size, device=args.device,
+        prototypes=args.prototypes, batch_size=args.batch_size, lr=args.lr, device=args.device,
         seed=args.seed, threads=args.threads, bf16=args.bf16,
-        limit_per_class=args.limit_per_class, preset=args.preset,
+        limit_per_class=args.limit_per_class, preset=args.preset, compile=not args.no_compile,
         n_speakers=None if args.n_speakers == "all" else int(args.n_speakers),
     )
     summary = train(config)
@@ -141,7 +141,8 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_benchmarks(
         device=args.device, shapes=args.shapes.split(",") if args.shapes else None,
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
-        repeats=args.repeats, k_chunk=args.k_chunk, bf16=args.bf16, threads=args.threads)
+        repeats=args.repeats, k_chunk=args.k_chunk, bf16=args.bf16, threads=args.threads,
+        compiled=not args.no_compile)
     print(json.dumps(report, indent=1) if args.json else format_table(report))
     return 0
 
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs without improvement that end a curriculum stage (default: 10)")
     train.add_argument("--prototypes", type=int, help="K (default: the number of classes)")
     train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -222,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="librispeech: the K speakers with the most audio, or 'all'")
     train.add_argument("--preset", choices=sorted(PRESETS),
                        help="front end (default: the dataset's; folder: instruments)")
+    train.add_argument("--no-compile", action="store_true",
+                       help="eager mode instead of the torch.compile'd error")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="OA, AA and L_rec of a checkpoint")
@@ -248,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--k-chunk", type=int, default=8, help="prototypes per chunk (default: 8)")
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     bench.add_argument("--threads", type=int)
+    bench.add_argument("--no-compile", action="store_true",
+                       help="eager mode instead of the torch.compile'd error")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 

@@ -184,14 +184,15 @@ class PrototypeModel(nn.Module):
         )
         return params.crop(length)
 
-    def errors(self, x: Tensor, k_chunk: int | None = 8) -> tuple[Tensor, Transformations]:
+    def errors(self, x: Tensor, k_chunk: int | None = 8, compiled: bool = False
+               ) -> tuple[Tensor, Transformations]:
         """Reconstruction error of every clip by every prototype, ``(B, K)`` (mean over T and
         F of the squared error), and the transformations used, without materialising all
-        ``(B, K, T, F)`` reconstructions at once."""
+        ``(B, K, T, F)`` reconstructions at once (``compiled``: fused by torch.compile)."""
         params = self.transformations(x)
         errors = reconstruction_error(
             x, self.prototypes, pitch=params.pitch, gain=params.gain, filters=params.filters,
-            constants=self.bins.to(x.device), k_chunk=k_chunk,
+            constants=self.bins.to(x.device), k_chunk=k_chunk, compiled=compiled,
         )
         return errors, params
 

@@ -68,6 +68,7 @@ class TrainConfig:
     min_share: float = 0.02  # reassignment: share * K below this starves a prototype
     augment: bool = True
     k_chunk: int = 8  # prototypes per chunk of the error (8 is fastest on CPU, see bench)
+    compile: bool = True  # fuse the error with torch.compile in training (about 2x on CPU)
     device: str = "auto"
     bf16: bool = False  # autocast on CUDA
     threads: int | None = None
@@ -351,7 +352,7 @@ class Trainer:
             self._set_learning_rates()
             with torch.autocast("cuda", dtype=torch.bfloat16,
                                 enabled=c.bf16 and self.device.type == "cuda"):
-                errors, _ = model.errors(x, c.k_chunk)
+                errors, _ = model.errors(x, c.k_chunk, c.compile)
             errors = errors.float()
             loss = loss_from_errors(errors, y, c.mode, model.beta, c.lambda_ce, use_ce)
             self.optimizer.zero_grad(set_to_none=True)

@@ -23,6 +23,7 @@ prototype) mean squared error, optionally in memory-frugal chunks of prototypes.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -276,6 +277,41 @@ def _chunk_error(
     return (rec - x[:, None]).square().mean(dim=(-2, -1))
 
 
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_chunk_error():
+    """``_chunk_error`` fused by ``torch.compile`` (once per process); None if compiling is
+    unavailable here (no C++ compiler, say), after one warning."""
+    if "chunk" not in _COMPILED:
+        try:
+            _COMPILED["chunk"] = torch.compile(_chunk_error, dynamic=None)
+        except Exception as err:  # torch.compile itself unsupported
+            warnings.warn(f"torch.compile unavailable ({err}); using eager mode", stacklevel=3)
+            _COMPILED["chunk"] = None
+    return _COMPILED["chunk"]
+
+
+def _run_chunk(fn, args, compiled: bool, needs_grad: bool) -> Tensor:
+    if compiled:
+        fused = _compiled_chunk_error()
+        if fused is not None:
+            try:
+                if needs_grad:
+                    return checkpoint(fused, *args, use_reentrant=False)
+                return fused(*args)
+            except Exception as err:  # compiling failed at the first call: stay eager
+                if not isinstance(err, (torch._dynamo.exc.BackendCompilerFailed,
+                                        torch._inductor.exc.InductorError)):
+                    raise
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: "
+                              f"{str(err)[:200]}); using eager mode", stacklevel=3)
+                _COMPILED["chunk"] = None
+    if needs_grad:
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
 def reconstruction_error(
     x: Tensor,
     prototypes: Tensor,
@@ -284,6 +320,7 @@ def reconstruction_error(
     filters: Tensor | None = None,
     constants: MelBins | None = None,
     k_chunk: int | None = None,
+    compiled: bool = False,
 ) -> Tensor:
     """Mean over T and F of the squared error of each prototype's reconstruction. ``(B, K)``.
 
@@ -292,15 +329,20 @@ def reconstruction_error(
     ``k_chunk`` at a time; when gradients are needed each chunk runs under activation
     checkpointing, so that only one chunk of ``(B, k_chunk, T, F)`` intermediates is alive in
     forward and backward (the chunk is recomputed in backward). ``None`` does all prototypes
-    at once. The results do not depend on ``k_chunk``.
+    at once. The results do not depend on ``k_chunk``. ``compiled`` fuses each chunk with
+    ``torch.compile`` (about 2x faster on CPU, compiled once per shape; falls back to eager
+    with a warning where compiling is unavailable).
     """
     if k_chunk is not None and k_chunk < 1:
         raise ValueError(f"k_chunk must be a positive integer or None, got {k_chunk}")
     n_protos = prototypes.shape[0]
-    if k_chunk is None or k_chunk >= n_protos:
-        return _chunk_error(x, prototypes, pitch, gain, filters, constants)
     tensors = [t for t in (x, prototypes, pitch, gain, filters) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if k_chunk is None or k_chunk >= n_protos:
+        if compiled:
+            return _run_chunk(_chunk_error, (x, prototypes, pitch, gain, filters, constants),
+                              True, needs_grad)
+        return _chunk_error(x, prototypes, pitch, gain, filters, constants)
 
     def part(t: Tensor | None, lo: int, hi: int) -> Tensor | None:
         if t is None or t.shape[1] == 1:  # absent, or broadcast over the prototypes
@@ -312,8 +354,5 @@ def reconstruction_error(
         hi = min(lo + k_chunk, n_protos)
         args = (x, prototypes[lo:hi], part(pitch, lo, hi), part(gain, lo, hi),
                 part(filters, lo, hi), constants)
-        if needs_grad:
-            errors.append(checkpoint(_chunk_error, *args, use_reentrant=False))
-        else:
-            errors.append(_chunk_error(*args))
+        errors.append(_run_chunk(_chunk_error, args, compiled, needs_grad))
     return torch.cat(errors, dim=1)

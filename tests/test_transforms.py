@@ -419,3 +419,25 @@ def test_cuda_matches_cpu(dtype):
     s_one = torch.ones(2, 5, 6, device="cuda", dtype=dtype)
     assert torch.equal(pitch_shift(gpu["prototypes"].detach(), s_one, constants),
                        gpu["prototypes"].detach()[None, :, None].expand(2, 5, 6, F))
+
+
+def test_compiled_error_matches_eager():
+    """The torch.compile'd chunks give the eager values and gradients (or fall back)."""
+    from hearproto.audio import PRESETS
+    from hearproto.transforms import mel_bin_constants, reconstruction_error
+
+    torch.manual_seed(0)
+    constants = mel_bin_constants(PRESETS["speakers"])
+    x = torch.rand(2, 8, 128)
+    inputs = [torch.rand(5, 128), torch.exp(0.1 * torch.randn(2, 5, 8)),
+              0.1 * torch.randn(2, 5, 8), 0.1 * torch.randn(2, 5, 8, 4)]
+    results = []
+    for compiled in (False, True):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        errors = reconstruction_error(x, leaves[0], *leaves[1:], constants=constants, k_chunk=2,
+                                      compiled=compiled)
+        errors.sum().backward()
+        results.append((errors.detach(), [t.grad for t in leaves]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for eager, fused in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(eager, fused, rtol=1e-4, atol=1e-6)
