@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import soundfile as sf
 import soxr
 import torch
 from torch import nn
+
+from hearproto.files import atomic_path
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -100,15 +101,8 @@ def save_audio(
     samples = _as_numpy_waveform(waveform, "waveform")
     if samples.ndim != 1:
         raise AudioError(f"waveform must be mono with shape (L,), got {tuple(samples.shape)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, np.clip(samples, -1.0, 1.0), sample_rate)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+
+from hearproto.files import atomic_path
 
 __all__ = ["EXPERIMENTS", "SCALES", "NotebookRun", "fingerprint", "run_notebook", "run_experiments"]
 
@@ -103,13 +103,10 @@ def run_notebook(
     if not force and output.is_file() and stored_fingerprint(output) == key:
         return NotebookRun(name, output, executed=False, seconds=0.0)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{name}-", suffix=".ipynb")
-    os.close(fd)
     start = time.perf_counter()
-    try:
+    with atomic_path(output) as tmp:
         papermill.execute_notebook(
-            str(template), tmp, parameters=parameters, kernel_name=kernel_name,
+            str(template), str(tmp), parameters=parameters, kernel_name=kernel_name,
             progress_bar=progress, cwd=str(output.parent.resolve()),
         )
         seconds = time.perf_counter() - start
@@ -130,11 +127,6 @@ def run_notebook(
             "python": platform.python_version(),
         }
         nbformat.write(notebook, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return NotebookRun(name, output, executed=True, seconds=seconds)
 
 

@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from hearproto.audio import FrontEnd
 from hearproto.data import PreparedDataset, prepare_dataset
 from hearproto.data.dataset import ClipDataset
+from hearproto.files import atomic_path
 from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
 
@@ -166,15 +166,8 @@ def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device, ba
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -390,11 +383,10 @@ class Trainer:
 
     def _copy_rows(self, target: int, donor: int) -> None:
         """Copy prototype ``donor``'s decoder head rows and optimiser state to ``target``."""
-        pairs = [(self.model.prototypes, 1, 0)]
+        pairs = [(self.model.prototypes, 1)]
         for decoder in self.model.decoders.values():
-            n = decoder.n_params
-            pairs += [(decoder.head.weight, n, 0), (decoder.head.bias, n, 0)]
-        for param, rows_per_prototype, _ in pairs:
+            pairs += [(decoder.head.weight, decoder.n_params), (decoder.head.bias, decoder.n_params)]
+        for param, rows_per_prototype in pairs:
             t = slice(target * rows_per_prototype, (target + 1) * rows_per_prototype)
             d = slice(donor * rows_per_prototype, (donor + 1) * rows_per_prototype)
             if param is not self.model.prototypes:
@@ -455,19 +447,11 @@ class Trainer:
             return {}
         errors = clip_errors(self.model, self.val_set, self.config.eval_batch_size, self.device,
                              self.config.k_chunk)
-        if self.config.mode == "supervised":
-            mapping = supervised_mapping(self.model.num_prototypes)
-        else:  # cheap during training: the majority mapping of the last epoch's crops
-            mapping = self._epoch_mapping
+        # unsupervised: the majority mapping of the whole training clips, as at evaluation
+        mapping = mapping_for(self.model, self.config.mode, self.train_clips, self.device,
+                              self.config.eval_batch_size)
         return evaluate(errors.numpy(), self.val_set.labels.numpy(), mapping,
                         self.val_set.num_classes)
-
-    @property
-    def _epoch_mapping(self) -> np.ndarray:
-        errors = clip_errors(self.model, self.train_clips, self.config.eval_batch_size,
-                             self.device, self.config.k_chunk)
-        return mapping_for(self.model, "unsupervised", self.train_clips, self.device,
-                           self.config.eval_batch_size, errors)
 
     def _log(self, loss: float, val: dict, reassigned: list[int], seconds: float) -> None:
         state = self.state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from hearproto import cli
-from hearproto.bench import bench_step, run_benchmarks
+from hearproto.bench import bench_step
 
 
 def test_bench_step_reports_speed_and_memory():

@@ -8,12 +8,12 @@ every machine. The split is saved as a CSV and reused while the file set does no
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import pandas as pd
+
+from hearproto.files import atomic_path
 
 __all__ = ["SPLITS", "FRACTIONS", "assign_splits", "load_or_make_splits", "split_hash"]
 
@@ -81,13 +81,5 @@ def load_or_make_splits(
 
 
 def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".csv")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         frame.sort_values("path").to_csv(tmp, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
