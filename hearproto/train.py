@@ -239,7 +239,7 @@ class Trainer:
         self.optimizer = self._optimizer()
         self.loader_generator = torch.Generator()
         self.state = _State()
-        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        self.steps_per_epoch = max(1, len(self.train_set) // config.batch_size)
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -333,8 +333,10 @@ class Trainer:
     def _epoch(self, callback: Callable[[int], None] | None) -> tuple[float, np.ndarray]:
         c, model = self.config, self.model
         model.train()
+        # a last, tiny batch would skew batch norm and cost a recompilation of the fused error
         loader = DataLoader(self.train_set, batch_size=c.batch_size, shuffle=True,
-                            generator=self.loader_generator, drop_last=False)
+                            generator=self.loader_generator,
+                            drop_last=len(self.train_set) > c.batch_size)
         use_ce = self.stages[self.state.stage] in ("ce", "lr_decay") and c.mode == "supervised"
         total, count = 0.0, 0
         counts = np.zeros(model.num_prototypes, dtype=np.int64)

@@ -130,7 +130,7 @@ def test_killed_run_resumes_exactly(tones, tmp_path):
     resumed = tmp_path / "resumed"
 
     def crash_in_epoch_four(step: int) -> None:
-        if step == 3 * 3 + 2:  # 3 steps per epoch (21 clips, batches of 8)
+        if step == 3 * (21 // 8) + 1:  # 21 training clips, full batches of 8
             raise Crash
 
     with pytest.raises(Crash):
