@@ -287,6 +287,7 @@ class Trainer:
         if self.device.type == "cuda" and payload["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(payload["rng"]["cuda"])
         _truncate_metrics(self.out / "metrics.csv", self.state.epoch)
+        (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     def _payload(self) -> dict:
         return {
@@ -405,6 +406,8 @@ class Trainer:
         if last.is_file():
             _, payload = load_checkpoint(last, self.device)
             self._resume(payload)
+            if self.state.done and self._budget_left():
+                self.state.done, self.state.stop_reason = False, ""  # a larger budget: go on
             if self.state.done:
                 return self._summary()
         else:
@@ -443,6 +446,14 @@ class Trainer:
             _atomic_save(self._payload(), last)
         bar.close()
         return self._summary()
+
+    def _budget_left(self) -> bool:
+        """Whether a run stopped by its epoch or time budget may go on under this config."""
+        c, state = self.config, self.state
+        if state.stop_reason == "curriculum complete":
+            return False
+        time_left = c.max_minutes is None or state.elapsed_seconds < 60 * c.max_minutes
+        return state.epoch < c.epochs and time_left
 
     def _validate(self, counts: np.ndarray) -> dict:
         if len(self.val_set) == 0:

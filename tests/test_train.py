@@ -146,6 +146,14 @@ def test_killed_run_resumes_exactly(tones, tmp_path):
     assert [row.split(",")[:6] for row in metrics[0]] == [row.split(",")[:6] for row in metrics[1]]
 
 
+def test_a_larger_budget_continues_a_finished_run(tones, tmp_path):
+    out = tmp_path / "run"
+    assert train(config(tones, out, epochs=2), progress=False)["epochs"] == 2
+    assert train(config(tones, out, epochs=2), progress=False)["epochs"] == 2  # nothing to do
+    summary = train(config(tones, out, epochs=3), progress=False)
+    assert summary["epochs"] == 3 and summary["stop_reason"] == "epoch budget (3)"
+
+
 def test_resume_refuses_another_run(tones, tmp_path):
     out = tmp_path / "run"
     train(config(tones, out, epochs=1), progress=False)
