@@ -151,12 +151,13 @@ def clip_errors(model: PrototypeModel, dataset: ClipDataset, batch_size: int = 6
     return errors
 
 
-def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device, batch_size: int,
-                train_errors: Tensor | None = None) -> np.ndarray:
+def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device,
+                batch_size: int) -> np.ndarray:
+    """Prototype -> class: k <-> k when supervised, else the majority class of the whole
+    training clips each prototype reconstructs best."""
     if mode == "supervised":
         return supervised_mapping(model.num_prototypes)
-    if train_errors is None:
-        train_errors = clip_errors(model, train, batch_size, device)
+    train_errors = clip_errors(model, train, batch_size, device)
     return majority_mapping(train_errors.argmin(1).numpy(), train.labels.numpy(),
                             model.num_prototypes, train.num_classes)
 
@@ -422,7 +423,7 @@ class Trainer:
             state = self.state
             state.epoch += 1
             reassigned = self._reassign(counts) if c.mode == "unsupervised" else []
-            val = self._validate(counts)
+            val = self._validate()
             if loss < state.best_loss * (1 - 1e-4):
                 state.best_loss, state.stale_epochs = loss, 0
             else:
@@ -455,7 +456,7 @@ class Trainer:
         time_left = c.max_minutes is None or state.elapsed_seconds < 60 * c.max_minutes
         return state.epoch < c.epochs and time_left
 
-    def _validate(self, counts: np.ndarray) -> dict:
+    def _validate(self) -> dict:
         if len(self.val_set) == 0:
             return {}
         errors = clip_errors(self.model, self.val_set, self.config.eval_batch_size, self.device,
