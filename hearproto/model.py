@@ -196,6 +196,19 @@ class PrototypeModel(nn.Module):
         )
         return errors, params
 
+    def target_errors(self, x: Tensor, targets: Tensor, compiled: bool = False) -> Tensor:
+        """Reconstruction error of each clip by one prototype of its own, ``targets`` ``(B,)``
+        (the class prototype in supervised training): ``(B,)``. Equals
+        ``errors(x)[0].gather(1, targets[:, None])`` at a K-th of the cost."""
+        params = self.transformations(x)
+        rows = torch.arange(x.shape[0], device=x.device)
+        chosen = [None if p is None else p[rows, targets][:, None]
+                  for p in (params.pitch, params.gain, params.filters)]
+        prototypes = self.prototypes[targets][:, None, None, :]  # (B, 1, 1, F)
+        errors = reconstruction_error(x, prototypes, *chosen, constants=self.bins.to(x.device),
+                                      k_chunk=None, compiled=compiled)
+        return errors[:, 0]
+
     def reconstructions(self, x: Tensor, prototypes: Tensor | None = None) -> Tensor:
         """All reconstructions ``(B, K, T, F)`` (or of the prototype indices given)."""
         params = self.transformations(x)

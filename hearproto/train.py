@@ -62,6 +62,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-4
     weight_decay: float = 1e-6
+    beta_init: float = -4.0  # beta = softplus(b), b starts here
     beta_lr_factor: float = 5.0
     lambda_ce: float = 0.01
     warmup_epochs: float = 1.0
@@ -236,7 +237,7 @@ class Trainer:
             raise ValueError(f"supervised training needs one prototype per class "
                              f"({self.train_set.num_classes}), got --prototypes {k}")
         self.stages = stages_for(config.mode)
-        self.model = PrototypeModel(k, self.data.frontend).to(self.device)
+        self.model = PrototypeModel(k, self.data.frontend, config.beta_init).to(self.device)
         self.optimizer = self._optimizer()
         self.loader_generator = torch.Generator()
         self.state = _State()
@@ -347,19 +348,27 @@ class Trainer:
             if c.augment:
                 x = augment(x)
             self._set_learning_rates()
+            # supervised without cross-entropy, only the class prototype's error is needed
+            only_targets = c.mode == "supervised" and not use_ce
             with torch.autocast("cuda", dtype=torch.bfloat16,
                                 enabled=c.bf16 and self.device.type == "cuda"):
-                errors, _ = model.errors(x, c.k_chunk, c.compile)
+                if only_targets:
+                    errors = model.target_errors(x, y, c.compile)
+                else:
+                    errors, _ = model.errors(x, c.k_chunk, c.compile)
             errors = errors.float()
-            loss = loss_from_errors(errors, y, c.mode, model.beta, c.lambda_ce, use_ce)
+            if only_targets:
+                loss = errors.mean()
+            else:
+                loss = loss_from_errors(errors, y, c.mode, model.beta, c.lambda_ce, use_ce)
+                counts += np.bincount(errors.detach().argmin(1).cpu().numpy(),
+                                      minlength=model.num_prototypes)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.state.step += 1
             total += float(loss.detach()) * len(y)
             count += len(y)
-            counts += np.bincount(errors.detach().argmin(1).cpu().numpy(),
-                                  minlength=model.num_prototypes)
             if callback is not None:
                 callback(self.state.step)
         return total / count, counts

@@ -253,7 +253,8 @@ def reconstruct(
     ``gain`` ``(B, K, T)`` (as from :func:`gain_from_raw`), ``filters`` ``(B, K, T, 4)``
     (as from :func:`filter_params_from_raw`); ``None`` switches a transformation off.
     Returns ``(B, K, T, F)``, or a tensor broadcastable to it (``(1, K, 1, F)`` when all are
-    off).
+    off). ``prototypes`` may also be ``(B, K, 1, F)``: a prototype per clip (as gathered by
+    class label), broadcast over time.
     """
     n_bins = prototypes.shape[-1]
     if pitch is not None:
@@ -261,7 +262,7 @@ def reconstruct(
             raise ValueError("pitch shifting needs the mel-bin constants (MelBins)")
         m = pitch_shift(prototypes, pitch, constants)
     else:
-        m = prototypes[None, :, None, :]
+        m = prototypes[None, :, None, :] if prototypes.ndim == 2 else prototypes
     if gain is not None:
         m = m + gain[..., None]
     if filters is not None:
@@ -325,7 +326,8 @@ def reconstruction_error(
     """Mean over T and F of the squared error of each prototype's reconstruction. ``(B, K)``.
 
     ``x`` is ``(B, T, F)``; the other arguments are those of :func:`reconstruct` (per-time
-    parameters with K, or 1 to broadcast, on dim 1). ``k_chunk`` processes the prototypes
+    parameters with K, or 1 to broadcast, on dim 1; prototypes ``(K, F)`` or per clip
+    ``(B, K, 1, F)``). ``k_chunk`` processes the prototypes
     ``k_chunk`` at a time; when gradients are needed each chunk runs under activation
     checkpointing, so that only one chunk of ``(B, k_chunk, T, F)`` intermediates is alive in
     forward and backward (the chunk is recomputed in backward). ``None`` does all prototypes
@@ -335,7 +337,7 @@ def reconstruction_error(
     """
     if k_chunk is not None and k_chunk < 1:
         raise ValueError(f"k_chunk must be a positive integer or None, got {k_chunk}")
-    n_protos = prototypes.shape[0]
+    n_protos = prototypes.shape[0] if prototypes.ndim == 2 else prototypes.shape[1]
     tensors = [t for t in (x, prototypes, pitch, gain, filters) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if k_chunk is None or k_chunk >= n_protos:
@@ -352,7 +354,8 @@ def reconstruction_error(
     errors = []
     for lo in range(0, n_protos, k_chunk):
         hi = min(lo + k_chunk, n_protos)
-        args = (x, prototypes[lo:hi], part(pitch, lo, hi), part(gain, lo, hi),
+        table = prototypes[lo:hi] if prototypes.ndim == 2 else prototypes[:, lo:hi]
+        args = (x, table, part(pitch, lo, hi), part(gain, lo, hi),
                 part(filters, lo, hi), constants)
         errors.append(_run_chunk(_chunk_error, args, compiled, needs_grad))
     return torch.cat(errors, dim=1)

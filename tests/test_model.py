@@ -93,6 +93,23 @@ def test_batch_consistency():
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
 
 
+def test_target_errors_equal_the_chosen_column_with_the_same_gradients():
+    model = full_model(k=4)
+    for decoder in model.decoders.values():  # transformations far from the identity
+        torch.nn.init.normal_(decoder.head.weight, std=0.1)
+    model.eval()
+    x = torch.rand(3, 32, 128)
+    targets = torch.tensor([2, 0, 2])
+    chosen = model.errors(x, k_chunk=3)[0].gather(1, targets[:, None])[:, 0]
+    grads_all = torch.autograd.grad(chosen.sum(), [model.prototypes, *model.encoder.parameters()])
+    fast = model.target_errors(x, targets)
+    grads_fast = torch.autograd.grad(fast.sum(), [model.prototypes, *model.encoder.parameters()])
+    torch.testing.assert_close(fast, chosen)
+    for a, b in zip(grads_all, grads_fast):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert grads_fast[0][[1, 3]].abs().sum() == 0  # prototypes no clip chose get nothing
+
+
 def test_initialisation_from_data():
     rng = np.random.default_rng(0)
     means = np.concatenate([rng.normal(c, 0.01, size=(10, 128)) for c in (0.2, 0.5, 0.8)])
