@@ -81,16 +81,29 @@ def _data_info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hearproto.train import TrainConfig, train
-
-    config = TrainConfig(
-        dataset=args.dataset, root=args.root, mode=args.mode, out=args.out,
-        epochs=args.epochs, max_minutes=args.max_minutes, patience=args.patience,
-        prototypes=args.prototypes, batch_size=args.batch_size, lr=args.lr, device=args.device,
-        seed=args.seed, threads=args.threads, bf16=args.bf16,
-        limit_per_class=args.limit_per_class, preset=args.preset, compile=not args.no_compile,
+    common = dict(
+        dataset=args.dataset, root=args.root, out=args.out, max_minutes=args.max_minutes,
+        device=args.device, seed=args.seed, threads=args.threads,
+        limit_per_class=args.limit_per_class, preset=args.preset,
         n_speakers=None if args.n_speakers == "all" else int(args.n_speakers),
     )
+    # options left out take the defaults of the chosen model's config
+    given = {name: getattr(args, name) for name in ("epochs", "patience", "batch_size", "lr")
+             if getattr(args, name) is not None}
+    if args.model != "ours":
+        from hearproto.baselines.trainer import BaselineConfig, train_baseline
+
+        if args.mode != "supervised" or args.prototypes is not None:
+            raise ValueError(f"--mode and --prototypes belong to our model, not --model "
+                             f"{args.model} (the autoencoder is scored by K-means at evaluation)")
+        summary = train_baseline(BaselineConfig(model=args.model, **common, **given))
+        print(f"{summary['out']}: {args.model}, {summary['epochs']} epochs, "
+              f"{summary['stop_reason']}, {summary['minutes']} min")
+        return 0
+    from hearproto.train import TrainConfig, train
+
+    config = TrainConfig(mode=args.mode, prototypes=args.prototypes, bf16=args.bf16,
+                         compile=not args.no_compile, **common, **given)
     summary = train(config)
     print(f"{summary['out']}: {summary['epochs']} epochs, stage {summary['stage']}, "
           f"{summary['stop_reason']}, {summary['minutes']} min")
@@ -100,15 +113,26 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from hearproto.baselines.trainer import evaluate_baseline, is_baseline_checkpoint
     from hearproto.train import evaluate_checkpoint
 
-    scores = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
-                                 root=args.root)
+    if is_baseline_checkpoint(args.checkpoint):
+        scores = evaluate_baseline(args.checkpoint, split=args.split, device=args.device,
+                                   root=args.root, clustering=args.kmeans)
+    elif args.kmeans:
+        raise ValueError("--kmeans applies to the baselines (apnet); our model clusters itself "
+                         "(train it with --mode unsupervised)")
+    else:
+        scores = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
+                                     root=args.root)
     if args.json:
         print(json.dumps(scores, indent=1))
     else:
-        print(f"{scores['dataset']} {scores['mode']} ({scores['stage']}), {scores['split']}: "
-              f"OA {scores['OA']:.1f} %, AA {scores['AA']:.1f} %, L_rec {scores['L_rec']:.2f}")
+        l_rec = "—" if scores["L_rec"] is None else f"{scores['L_rec']:.2f}"
+        name = scores.get("model", "ours")
+        print(f"{scores['dataset']} {name} {scores['mode']} ({scores['stage']}), "
+              f"{scores['split']}: OA {scores['OA']:.1f} %, AA {scores['AA']:.1f} %, "
+              f"L_rec {l_rec}")
     return 0
 
 
@@ -203,18 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_data_info)
 
-    train = commands.add_parser("train", help="train a prototype model (resumes if --out has one)")
+    train = commands.add_parser(
+        "train", help="train our prototype model or a baseline (resumes if --out has one)")
+    train.add_argument("--model", choices=["ours", "direct", "autoencoder", "apnet"],
+                       default="ours", help="ours (default), or a baseline of Tables 2-3")
     train.add_argument("--dataset", required=True, choices=list(DATASETS))
     train.add_argument("--root", help="data folder (see `hearproto data prepare`)")
     train.add_argument("--mode", choices=["supervised", "unsupervised"], default="supervised")
     train.add_argument("--out", required=True, help="run folder: last.pt, stages/, metrics.csv")
-    train.add_argument("--epochs", type=int, default=1000, help="epoch budget (default: 1000)")
+    train.add_argument("--epochs", type=int,
+                       help="epoch budget (default: ours 1000, baselines 200)")
     train.add_argument("--max-minutes", type=float, help="time budget, over resumes")
-    train.add_argument("--patience", type=int, default=10,
-                       help="epochs without improvement that end a curriculum stage (default: 10)")
+    train.add_argument("--patience", type=int,
+                       help="epochs without improvement that end a curriculum stage (ours, "
+                       "default 10) or the run (baselines, on the validation score, default 20)")
     train.add_argument("--prototypes", type=int, help="K (default: the number of classes)")
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    train.add_argument("--batch-size", type=int, help="default: ours 128, baselines 32")
+    train.add_argument("--lr", type=float,
+                       help="learning rate (default: ours 1e-4, baselines 1e-3)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -233,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--root", help="the dataset's folder, if it moved")
+    evaluate.add_argument("--kmeans", action="store_true",
+                          help="apnet: score K-means on its similarities (APNet + K-means)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 

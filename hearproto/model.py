@@ -38,7 +38,8 @@ DECODER_CHANNELS = 64
 TIME_MULTIPLE = 2 ** len(DOWN_CHANNELS)
 
 
-def _conv_block(conv: nn.Module, channels: int, two_d: bool) -> nn.Sequential:
+def conv_block(conv: nn.Module, channels: int, two_d: bool) -> nn.Sequential:
+    """``conv``, ReLU, then batch norm (2-D or 1-D) over ``channels``."""
     norm = nn.BatchNorm2d(channels) if two_d else nn.BatchNorm1d(channels)
     return nn.Sequential(conv, nn.ReLU(inplace=True), norm)
 
@@ -60,12 +61,12 @@ class Encoder(nn.Module):
         self.pools = nn.ModuleList()
         channels, height = 1, n_mels
         for out in DOWN_CHANNELS:
-            self.levels.append(_conv_block(nn.Conv2d(channels, out, 3, padding=1), out, True))
+            self.levels.append(conv_block(nn.Conv2d(channels, out, 3, padding=1), out, True))
             self.pools.append(nn.Conv2d(out, SKIP_CHANNELS, (1, height)))
-            self.downs.append(_conv_block(nn.Conv2d(out, out, 2, stride=2), out, True))
+            self.downs.append(conv_block(nn.Conv2d(out, out, 2, stride=2), out, True))
             channels, height = out, height // 2
-        self.last = _conv_block(nn.Conv2d(channels, 2 * channels, 3, padding=1), 2 * channels, True)
-        self.collapse = _conv_block(nn.Conv2d(2 * channels, DECODER_CHANNELS, (1, height)),
+        self.last = conv_block(nn.Conv2d(channels, 2 * channels, 3, padding=1), 2 * channels, True)
+        self.collapse = conv_block(nn.Conv2d(2 * channels, DECODER_CHANNELS, (1, height)),
                                     DECODER_CHANNELS, True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -93,13 +94,13 @@ class Decoder(nn.Module):
         self.num_prototypes, self.n_params = num_prototypes, n_params
         self.ups = nn.ModuleList(
             nn.Sequential(
-                _conv_block(nn.Conv1d(c, c, 3, padding=1), c, False),
-                _conv_block(nn.ConvTranspose1d(c, c - SKIP_CHANNELS, 2, stride=2),
+                conv_block(nn.Conv1d(c, c, 3, padding=1), c, False),
+                conv_block(nn.ConvTranspose1d(c, c - SKIP_CHANNELS, 2, stride=2),
                             c - SKIP_CHANNELS, False),
             )
             for _ in DOWN_CHANNELS
         )
-        self.smooth = _conv_block(nn.Conv1d(c, c, 3, padding=1), c, False)
+        self.smooth = conv_block(nn.Conv1d(c, c, 3, padding=1), c, False)
         self.head = nn.Conv1d(c, n_params * num_prototypes, 1)
         nn.init.normal_(self.head.weight, std=1e-5)
         nn.init.zeros_(self.head.bias)

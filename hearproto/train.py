@@ -32,36 +32,59 @@ from tqdm.auto import tqdm
 
 from hearproto.audio import FrontEnd
 from hearproto.data import PreparedDataset, prepare_dataset
-from hearproto.data.dataset import ClipDataset
+from hearproto.data.dataset import ClipDataset, whole_clip_batches
 from hearproto.files import atomic_path
 from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
 
-__all__ = ["TrainConfig", "train", "load_checkpoint", "clip_errors", "evaluate_checkpoint",
-           "stages_for", "augment"]
+__all__ = ["RunConfig", "TrainConfig", "train", "load_checkpoint", "clip_errors",
+           "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "stages_for", "augment"]
 
 CHECKPOINT_FORMAT = 1
 MODES = ("supervised", "unsupervised")
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a run (saved as ``config.json``)."""
+class RunConfig:
+    """What every training run (ours or a baseline) shares: data, budgets, optimiser basics,
+    device and seed. Subclasses add their own settings and defaults."""
 
     dataset: str = "instruments"
-    out: str = "runs/instruments-supervised"
-    mode: str = "supervised"
+    out: str = "runs/run"
     root: str | None = None
     limit_per_class: int | None = None
     n_speakers: int | None = 128
     preset: str | None = None  # front end; default: the dataset's
-    prototypes: int | None = None  # default: the number of classes
-    epochs: int = 1000  # budget; the curriculum usually ends first
+    epochs: int = 1000  # budget
     max_minutes: float | None = None  # time budget, over resumes
     patience: int = 10
     batch_size: int = 128
     lr: float = 1e-4
     weight_decay: float = 1e-6
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "patience", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The config from a saved ``config.json`` (unknown keys ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Everything that defines a run of our model (saved as ``config.json``)."""
+
+    out: str = "runs/instruments-supervised"
+    mode: str = "supervised"
+    prototypes: int | None = None  # default: the number of classes
     beta_init: float = -4.0  # beta = softplus(b), b starts here
     beta_lr_factor: float = 5.0
     lambda_ce: float = 0.01
@@ -70,23 +93,14 @@ class TrainConfig:
     augment: bool = True
     k_chunk: int = 8  # prototypes per chunk of the error (8 is fastest on CPU, see bench)
     compile: bool = True  # fuse the error with torch.compile in training (about 2x on CPU)
-    device: str = "auto"
     bf16: bool = False  # autocast on CUDA
-    threads: int | None = None
-    seed: int = 0
-    eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("epochs", "patience", "batch_size", "k_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        if self.k_chunk < 1:
+            raise ValueError(f"k_chunk must be at least 1, got {self.k_chunk}")
 
 
 def stages_for(mode: str) -> list[str]:
@@ -136,19 +150,9 @@ def clip_errors(model: PrototypeModel, dataset: ClipDataset, batch_size: int = 6
     """Errors ``(N, K)`` of every whole clip of ``dataset`` by every prototype; clips of the
     same length are batched together."""
     model.eval()
-    lengths = dataset.table["frames"].to_numpy()
     errors = torch.empty(len(dataset), model.num_prototypes)
-    order = np.argsort(lengths, kind="stable")
-    start = 0
-    while start < len(order):
-        stop = start + 1
-        while (stop < len(order) and stop - start < batch_size
-               and lengths[order[stop]] == lengths[order[start]]):
-            stop += 1
-        indices = order[start:stop]
-        batch = torch.stack([torch.from_numpy(np.array(dataset.frames(i))) for i in indices])
+    for indices, batch in whole_clip_batches(dataset, batch_size):
         errors[torch.from_numpy(indices)] = model.errors(batch.to(device), k_chunk)[0].float().cpu()
-        start = stop
     return errors
 
 
@@ -167,14 +171,15 @@ def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device,
 # Checkpoints
 
 
-def _atomic_save(payload: dict, path: Path) -> None:
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically (a reader never sees half a file)."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
-                    ) -> tuple[PrototypeModel, dict]:
-    """A model and its checkpoint dictionary (loaded with ``weights_only=True``)."""
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """The dictionary in a checkpoint file, loaded with ``weights_only=True`` (no pickles);
+    clear errors for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -182,6 +187,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         raise ValueError(f"{path}: not a hearproto checkpoint ({err})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a hearproto checkpoint")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> tuple[PrototypeModel, dict]:
+    """A model and its checkpoint dictionary (loaded with ``weights_only=True``)."""
+    payload = read_checkpoint(path, device)
+    if payload.get("baseline"):
+        raise ValueError(f"{path}: a {payload['baseline']} baseline, not our model; use "
+                         "hearproto.baselines.trainer.load_baseline")
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
     model = PrototypeModel(payload["num_prototypes"], FrontEnd(**payload["frontend"]))
@@ -288,7 +305,7 @@ class Trainer:
         self.loader_generator.set_state(payload["rng"]["loader"])
         if self.device.type == "cuda" and payload["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(payload["rng"]["cuda"])
-        _truncate_metrics(self.out / "metrics.csv", self.state.epoch)
+        truncate_metrics(self.out / "metrics.csv", self.state.epoch)
         (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     def _payload(self) -> dict:
@@ -443,7 +460,7 @@ class Trainer:
             bar.set_postfix(stage=self.stages[state.stage], loss=f"{loss:.4f}",
                             val_OA=f"{val.get('OA', float('nan')):.1f}")
             if state.stale_epochs >= c.patience:
-                _atomic_save(self._payload(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
+                save_checkpoint(self._payload(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
                 if state.stage + 1 < len(self.stages):
                     self._enter_stage(state.stage + 1)
                 else:
@@ -453,7 +470,7 @@ class Trainer:
             if (not state.done and c.max_minutes is not None
                     and state.elapsed_seconds >= 60 * c.max_minutes):
                 state.done, state.stop_reason = True, f"time budget ({c.max_minutes} min)"
-            _atomic_save(self._payload(), last)
+            save_checkpoint(self._payload(), last)
         bar.close()
         return self._summary()
 
@@ -495,7 +512,7 @@ METRIC_COLUMNS = ["epoch", "stage", "train_loss", "val_OA", "val_AA", "val_L_rec
                   "active", "reassigned", "epoch_seconds", "elapsed_seconds"]
 
 
-def _truncate_metrics(path: Path, epochs: int) -> None:
+def truncate_metrics(path: str | os.PathLike, epochs: int) -> None:
     """Drop rows logged after the checkpoint (an epoch that was interrupted and is redone)."""
     if not path.is_file():
         return
@@ -513,17 +530,25 @@ def train(config: TrainConfig, progress: bool = True,
     return Trainer(config, progress).fit(callback)
 
 
+def checkpoint_dataset(path: str | os.PathLike, payload: dict, config: RunConfig,
+                       root: str | None = None, progress: bool = False) -> PreparedDataset:
+    """The dataset a checkpoint was trained on (``root`` if it moved), with its front end;
+    refuses one whose classes differ."""
+    data = prepare_dataset(config.dataset, root=root or config.root,
+                           limit_per_class=config.limit_per_class, n_speakers=config.n_speakers,
+                           frontend=FrontEnd(**payload["frontend"]), progress=progress)
+    if data.classes != payload["classes"]:
+        raise ValueError(f"{path}: the dataset's classes differ from the checkpoint's")
+    return data
+
+
 def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: str = "auto",
                         root: str | None = None, progress: bool = False) -> dict:
     """OA, AA (percent) and L_rec (x100) of a checkpoint on a split of its dataset."""
     device = resolve_device(device)
     model, payload = load_checkpoint(path, device)
     config = TrainConfig.from_dict(payload["config"])
-    data = prepare_dataset(config.dataset, root=root or config.root,
-                           limit_per_class=config.limit_per_class, n_speakers=config.n_speakers,
-                           frontend=FrontEnd(**payload["frontend"]), progress=progress)
-    if data.classes != payload["classes"]:
-        raise ValueError(f"{path}: the dataset's classes differ from the checkpoint's")
+    data = checkpoint_dataset(path, payload, config, root, progress)
     target = data.split(split, crop_frames=None)
     mapping = mapping_for(model, config.mode, data.split("train", crop_frames=None), device,
                           config.eval_batch_size)

@@ -3,6 +3,8 @@ clips for evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import torch
@@ -11,7 +13,7 @@ from torch.utils.data import Dataset
 from hearproto.audio import FrontEnd
 from hearproto.data.cache import FeatureStore
 
-__all__ = ["ClipDataset", "crop_or_tile", "pad_collate"]
+__all__ = ["ClipDataset", "crop_or_tile", "pad_collate", "whole_clip_batches"]
 
 
 def crop_or_tile(frames: np.ndarray, length: int, start: int) -> np.ndarray:
@@ -92,3 +94,21 @@ def pad_collate(
     for i, (x, _) in enumerate(batch):
         out[i, : x.shape[0]] = x
     return out, torch.tensor([y for _, y in batch]), lengths
+
+
+def whole_clip_batches(dataset: ClipDataset, batch_size: int
+                       ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Whole clips of ``dataset`` in batches of equal length (no padding): yields the clip
+    indices ``(b,)`` and the stacked log-Mels ``(b, T, F)``, shortest clips first."""
+    lengths = dataset.table["frames"].to_numpy()
+    order = np.argsort(lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while (stop < len(order) and stop - start < batch_size
+               and lengths[order[stop]] == lengths[order[start]]):
+            stop += 1
+        indices = order[start:stop]
+        yield indices, torch.stack([torch.from_numpy(np.array(dataset.frames(i), dtype=np.float32))
+                                    for i in indices])
+        start = stop

@@ -1,0 +1,334 @@
+"""Training and evaluation of the baselines of Tables 2 and 3, on the data pipeline, splits and
+metrics of our model.
+
+One :class:`BaselineConfig` describes a run; :func:`train_baseline` runs it into
+``config.out``: ``config.json``, ``metrics.csv`` (one row per epoch), ``best.pt`` (the epoch
+with the best validation score: OA for the classifiers, L_rec for the autoencoder) and
+``last.pt`` (every epoch, from which a killed run resumes exactly). Training stops when the
+validation score has not improved for ``patience`` epochs, or at the epoch or time budget.
+
+:func:`evaluate_baseline` scores a checkpoint on a split: the classifiers (``direct``,
+``apnet``) by their predictions; ``autoencoder`` and, with ``clustering=True``, ``apnet`` by
+K-means on their features (K = number of classes, each cluster mapped to the majority class of
+its training clips, as for our unsupervised model).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hearproto.audio import FrontEnd
+from hearproto.baselines.apnet import APNet
+from hearproto.baselines.autoencoder import ConvAutoencoder
+from hearproto.baselines.direct import DirectClassifier
+from hearproto.data import prepare_dataset
+from hearproto.data.dataset import ClipDataset, whole_clip_batches
+from hearproto.metrics import average_accuracy, majority_mapping, overall_accuracy
+from hearproto.train import (
+    RunConfig,
+    checkpoint_dataset,
+    read_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    truncate_metrics,
+)
+
+__all__ = ["BASELINES", "BaselineConfig", "build_baseline", "train_baseline",
+           "is_baseline_checkpoint", "load_baseline", "evaluate_baseline", "kmeans_scores"]
+
+BASELINES = ("direct", "autoencoder", "apnet")
+CHECKPOINT_FORMAT = 1
+METRIC_COLUMNS = ["epoch", "train_loss", "val_OA", "val_AA", "val_L_rec", "best",
+                  "epoch_seconds", "elapsed_seconds"]
+
+
+@dataclass
+class BaselineConfig(RunConfig):
+    """Everything that defines a baseline run (saved as ``config.json``)."""
+
+    model: str = "direct"
+    out: str = "runs/instruments-direct"
+    epochs: int = 200
+    patience: int = 20  # epochs without a better validation score
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # gradient-norm clipping; None: 0.5 for apnet (as its authors)
+    apnet_prototypes: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model not in BASELINES:
+            raise ValueError(f"model must be one of {BASELINES}, got {self.model!r}")
+        if self.grad_clip is None and self.model == "apnet":
+            self.grad_clip = 0.5
+
+
+def build_baseline(name: str, n_classes: int, n_mels: int, frames: int,
+                   apnet_prototypes: int = 100) -> nn.Module:
+    """A fresh baseline network; ``frames`` is the training crop (APNet's fixed length)."""
+    if name == "direct":
+        return DirectClassifier(n_classes, n_mels)
+    if name == "autoencoder":
+        return ConvAutoencoder(n_mels)
+    if name == "apnet":
+        return APNet(n_classes, n_mels, frames, n_prototypes=apnet_prototypes)
+    raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, dataset: ClipDataset, batch_size: int, device: torch.device,
+             want: tuple[str, ...], frames: int) -> dict[str, Tensor]:
+    """Per whole clip: ``logits`` ``(N, C)``, ``features`` ``(N, D)``, ``rec_error`` ``(N,)``
+    (mean squared error of the reconstruction, over the frames the model reconstructs).
+    Clips shorter than the training crop ``frames`` are tiled to it, as in training."""
+    model.eval()
+    parts: dict[str, list] = {name: [None] * len(dataset) for name in want}
+    for indices, x in whole_clip_batches(dataset, batch_size):
+        if x.shape[1] < frames:
+            x = x.repeat(1, -(-frames // x.shape[1]), 1)[:, :frames]
+        x = x.to(device)
+        values = {}
+        if "logits" in want:
+            values["logits"] = model.logits(x)
+        if "features" in want:
+            values["features"] = model.features(x)
+        if "rec_error" in want:
+            target = model.fit_length(x) if hasattr(model, "fit_length") else x
+            values["rec_error"] = (model.reconstruct(x) - target).square().mean(dim=(1, 2))
+        for name, value in values.items():
+            for row, i in zip(value.float().cpu(), indices):
+                parts[name][i] = row
+    return {name: torch.stack(rows) for name, rows in parts.items()}
+
+
+def _scores(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, float]:
+    return {"OA": overall_accuracy(labels, predicted),
+            "AA": average_accuracy(labels, predicted, n_classes)}
+
+
+def kmeans_scores(train_features: np.ndarray, train_labels: np.ndarray,
+                  features: np.ndarray, labels: np.ndarray, n_classes: int,
+                  seed: int = 0) -> dict[str, float]:
+    """K-means (K = ``n_classes``) on training features, majority mapping from the training
+    labels, nearest centre for ``features``: ``{"OA", "AA"}`` in percent."""
+    kmeans = KMeans(n_classes, n_init=10, random_state=seed).fit(train_features)
+    mapping = majority_mapping(kmeans.labels_, train_labels, n_classes, n_classes)
+    predicted = mapping[kmeans.predict(features)]
+    return _scores(labels, predicted, n_classes)
+
+
+def _validation(model: nn.Module, name: str, dataset: ClipDataset, batch_size: int,
+                device: torch.device, frames: int) -> dict[str, float]:
+    want = {"direct": ("logits",), "autoencoder": ("rec_error",),
+            "apnet": ("logits", "rec_error")}[name]
+    out = _outputs(model, dataset, batch_size, device, want, frames)
+    scores: dict[str, float] = {}
+    if "logits" in out:
+        scores.update(_scores(dataset.labels.numpy(), out["logits"].argmax(1).numpy(),
+                              dataset.num_classes))
+    if "rec_error" in out:
+        scores["L_rec"] = 100 * float(out["rec_error"].mean())
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _checkpoint(model: nn.Module, optimizer, config: BaselineConfig, meta: dict, state: dict,
+                loader_generator: torch.Generator, device: torch.device) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT, "baseline": config.model, "config": asdict(config), **meta,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": dict(state),
+        "rng": {"torch": torch.get_rng_state(), "loader": loader_generator.get_state(),
+                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+    }
+
+
+def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
+    """Run (or resume, from ``out/last.pt``) a baseline; returns a summary."""
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    data = prepare_dataset(config.dataset, root=config.root, limit_per_class=config.limit_per_class,
+                           n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
+    train_set, val_set = data.split("train"), data.split("val")
+    if len(train_set) == 0:
+        raise ValueError(f"{config.dataset}: the training split is empty")
+    frames = data.crop_frames
+    meta = {"n_classes": train_set.num_classes, "frames": frames,
+            "frontend": data.frontend.to_dict(), "classes": list(data.classes),
+            "data": {"split_hash": data.info()["split_hash"], "root": str(data.root)}}
+    model = build_baseline(config.model, train_set.num_classes, data.frontend.n_mels, frames,
+                           config.apnet_prototypes).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    loader_generator = torch.Generator().manual_seed(config.seed)
+    out = Path(config.out)
+    state = {"epoch": 0, "best_score": -math.inf, "stale_epochs": 0, "elapsed_seconds": 0.0,
+             "done": False, "stop_reason": ""}
+    last = out / "last.pt"
+    if last.is_file():
+        payload = _load(last, device)
+        saved = BaselineConfig.from_dict(payload["config"])
+        for name in ("model", "dataset", "seed", "batch_size", "limit_per_class", "preset"):
+            if getattr(saved, name) != getattr(config, name):
+                raise ValueError(f"{out} holds a run with {name}={getattr(saved, name)!r}, not "
+                                 f"{getattr(config, name)!r}; use another --out for a new run")
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        state.update(payload["state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        loader_generator.set_state(payload["rng"]["loader"])
+        if device.type == "cuda" and payload["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(payload["rng"]["cuda"])
+        truncate_metrics(out / "metrics.csv", state["epoch"])
+        if state["done"] and state["stop_reason"] != "no better validation score":
+            state["done"] = not (state["epoch"] < config.epochs and (
+                config.max_minutes is None or state["elapsed_seconds"] < 60 * config.max_minutes))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "metrics.csv", "w", newline="") as handle:
+            csv.writer(handle).writerow(METRIC_COLUMNS)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+
+    started = time.perf_counter() - state["elapsed_seconds"]
+    bar = tqdm(total=config.epochs, initial=state["epoch"], unit="epoch",
+               desc=f"{config.dataset} {config.model}", disable=not progress)
+    while not state["done"]:
+        epoch_start = time.perf_counter()
+        model.train()
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                            generator=loader_generator,
+                            drop_last=len(train_set) > config.batch_size)
+        total, count = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss, _ = model.loss(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        state["epoch"] += 1
+        val = _validation(model, config.model, val_set, config.eval_batch_size, device,
+                          frames) if len(val_set) else {}
+        score = val.get("OA", -val.get("L_rec", math.inf)) if val else -total / count
+        improved = score > state["best_score"]
+        if improved:
+            state["best_score"], state["stale_epochs"] = score, 0
+        else:
+            state["stale_epochs"] += 1
+        state["elapsed_seconds"] = time.perf_counter() - started
+        with open(out / "metrics.csv", "a", newline="") as handle:
+            csv.writer(handle).writerow(
+                [state["epoch"], f"{total / count:.6f}",
+                 *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
+                 int(improved), f"{time.perf_counter() - epoch_start:.2f}",
+                 f"{state['elapsed_seconds']:.1f}"])
+        if state["stale_epochs"] >= config.patience:
+            state["done"], state["stop_reason"] = True, "no better validation score"
+        elif state["epoch"] >= config.epochs:
+            state["done"], state["stop_reason"] = True, f"epoch budget ({config.epochs})"
+        elif config.max_minutes is not None and state["elapsed_seconds"] >= 60 * config.max_minutes:
+            state["done"], state["stop_reason"] = True, f"time budget ({config.max_minutes} min)"
+        payload = _checkpoint(model, optimizer, config, meta, state, loader_generator, device)
+        if improved:
+            save_checkpoint(payload, out / "best.pt")
+        save_checkpoint(payload, last)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / count:.4f}",
+                        **({"val_OA": f"{val['OA']:.1f}"} if "OA" in val else {}))
+    bar.close()
+    return {"out": str(out), "epochs": state["epoch"], "stop_reason": state["stop_reason"],
+            "minutes": round(state["elapsed_seconds"] / 60, 2)}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and evaluation of a checkpoint
+
+
+def _load(path: str | os.PathLike, device: torch.device | str) -> dict:
+    payload = read_checkpoint(path, device)
+    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("baseline") not in BASELINES:
+        raise ValueError(f"{path}: not a hearproto baseline checkpoint (our model's "
+                         "checkpoints load with hearproto.train.load_checkpoint)")
+    return payload
+
+
+def is_baseline_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a baseline (rather than our model); False if unreadable."""
+    try:
+        return read_checkpoint(path).get("baseline") in BASELINES
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def load_baseline(path: str | os.PathLike, device: str | torch.device = "cpu"
+                  ) -> tuple[nn.Module, dict]:
+    """A baseline network and its checkpoint dictionary (``weights_only=True``)."""
+    payload = _load(path, device)
+    config = BaselineConfig.from_dict(payload["config"])
+    model = build_baseline(payload["baseline"], payload["n_classes"],
+                           FrontEnd(**payload["frontend"]).n_mels, payload["frames"],
+                           config.apnet_prototypes)
+    model.load_state_dict(payload["model"])
+    return model.to(device), payload
+
+
+def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str = "auto",
+                      root: str | None = None, clustering: bool = False,
+                      progress: bool = False) -> dict:
+    """OA, AA (percent) and L_rec (x100, None for Direct Classification) of a baseline
+    checkpoint on a split. ``autoencoder`` is always scored by K-means on its features;
+    ``apnet`` by its classifier, or with ``clustering`` by K-means on its similarities."""
+    device = resolve_device(device)
+    model, payload = load_baseline(path, device)
+    name = payload["baseline"]
+    config = BaselineConfig.from_dict(payload["config"])
+    data = checkpoint_dataset(path, payload, config, root, progress)
+    target = data.split(split, crop_frames=None)
+    if clustering and name == "direct":
+        raise ValueError("Direct Classification has no clustering variant; drop --kmeans")
+    clustering = clustering or name == "autoencoder"
+    want = ("features",) if clustering else ("logits",)
+    if name != "direct":
+        want += ("rec_error",)
+    frames = payload["frames"]
+    out = _outputs(model, target, config.eval_batch_size, device, want, frames)
+    labels = target.labels.numpy()
+    if clustering:
+        train = data.split("train", crop_frames=None)
+        train_features = _outputs(model, train, config.eval_batch_size, device, ("features",),
+                                  frames)
+        scores = kmeans_scores(train_features["features"].numpy(), train.labels.numpy(),
+                               out["features"].numpy(), labels, target.num_classes, config.seed)
+    else:
+        scores = _scores(labels, out["logits"].argmax(1).numpy(), target.num_classes)
+    l_rec = 100 * float(out["rec_error"].mean()) if "rec_error" in out else None
+    label = {"direct": "Direct Classification", "autoencoder": "Autoencoder + K-means",
+             "apnet": "APNet + K-means" if clustering else "APNet"}[name]
+    return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": l_rec, "stage": "best",
+            "dataset": config.dataset, "mode": "unsupervised" if clustering else "supervised",
+            "model": label, "split": split, "clips": len(target)}
