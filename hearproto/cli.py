@@ -93,15 +93,20 @@ def _train(args: argparse.Namespace) -> int:
     if args.model != "ours":
         from hearproto.baselines.trainer import BaselineConfig, train_baseline
 
-        if args.mode != "supervised" or args.prototypes is not None:
-            raise ValueError(f"--mode and --prototypes belong to our model, not --model "
-                             f"{args.model} (the autoencoder is scored by K-means at evaluation)")
+        ours_only = args.mode != "supervised" or args.prototypes is not None \
+            or args.beta_init is not None
+        if ours_only:
+            raise ValueError(f"--mode, --prototypes and --beta-init belong to our model, not "
+                             f"--model {args.model} (the autoencoder is scored by K-means at "
+                             "evaluation)")
         summary = train_baseline(BaselineConfig(model=args.model, **common, **given))
         print(f"{summary['out']}: {args.model}, {summary['epochs']} epochs, "
               f"{summary['stop_reason']}, {summary['minutes']} min")
         return 0
     from hearproto.train import TrainConfig, train
 
+    if args.beta_init is not None:
+        given["beta_init"] = args.beta_init
     config = TrainConfig(mode=args.mode, prototypes=args.prototypes, bf16=args.bf16,
                          compile=not args.no_compile, **common, **given)
     summary = train(config)
@@ -245,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="default: ours 128, baselines 32")
     train.add_argument("--lr", type=float,
                        help="learning rate (default: ours 1e-4, baselines 1e-3)")
+    train.add_argument("--beta-init", type=float,
+                       help="ours, supervised: b of beta = softplus(b), the inverse temperature "
+                       "of the cross-entropy (default -4, the paper's)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
