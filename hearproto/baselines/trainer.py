@@ -3,7 +3,8 @@ metrics of our model.
 
 One :class:`BaselineConfig` describes a run; :func:`train_baseline` runs it into
 ``config.out``: ``config.json``, ``metrics.csv`` (one row per epoch), ``best.pt`` (the epoch
-with the best validation score: OA for the classifiers, L_rec for the autoencoder) and
+with the best validation score: OA for the classifiers, L_rec for the autoencoder; ties go
+to the lower training loss) and
 ``last.pt`` (every epoch, from which a killed run resumes exactly). Training stops when the
 validation score has not improved for ``patience`` epochs, or at the epoch or time budget.
 
@@ -184,7 +185,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
                                   weight_decay=config.weight_decay)
     loader_generator = torch.Generator().manual_seed(config.seed)
     out = Path(config.out)
-    state = {"epoch": 0, "best_score": -math.inf, "stale_epochs": 0, "elapsed_seconds": 0.0,
+    state = {"epoch": 0, "best_score": [-math.inf, -math.inf], "stale_epochs": 0, "elapsed_seconds": 0.0,
              "done": False, "stop_reason": ""}
     last = out / "last.pt"
     if last.is_file():
@@ -234,8 +235,11 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
         state["epoch"] += 1
         val = _validation(model, config.model, val_set, config.eval_batch_size, device,
                           frames) if len(val_set) else {}
-        score = val.get("OA", -val.get("L_rec", math.inf)) if val else -total / count
-        improved = score > state["best_score"]
+        # validation OA (L_rec for the autoencoder); ties, common while a classifier is still
+        # at chance, go to the lower training loss
+        primary = val.get("OA", -val.get("L_rec", math.inf)) if val else -math.inf
+        score = [primary, -total / count]
+        improved = score > list(state["best_score"])
         if improved:
             state["best_score"], state["stale_epochs"] = score, 0
         else:
