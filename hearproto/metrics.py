@@ -29,6 +29,7 @@ __all__ = [
     "overall_accuracy",
     "per_class_recall",
     "average_accuracy",
+    "accuracies",
     "mean_chosen_error",
     "chosen_error",
     "confusion",
@@ -163,6 +164,12 @@ def average_accuracy(labels: Any, predictions: Any, num_classes: int) -> float:
     return float(np.nanmean(per_class_recall(labels, predictions, num_classes)))
 
 
+def accuracies(labels: Any, predictions: Any, num_classes: int) -> dict[str, float]:
+    """``{"OA", "AA"}`` in percent of predictions ``(N,)`` (-1: no class) against labels."""
+    return {"OA": overall_accuracy(labels, predictions),
+            "AA": average_accuracy(labels, predictions, num_classes)}
+
+
 def mean_chosen_error(errors: Any) -> float:
     """Mean over clips of ``min_k errors[n, k]``: the paper's L_rec of the chosen prototype.
 
@@ -214,8 +221,7 @@ def evaluate(errors: Any, labels: Any, mapping: Any, num_classes: int) -> dict[s
     assignments = assign_prototypes(e)
     predictions = predict(e, mapping)
     return {
-        "OA": overall_accuracy(y, predictions),
-        "AA": average_accuracy(y, predictions, num_classes),
+        **accuracies(y, predictions, num_classes),
         "L_rec": mean_chosen_error(e) * 100.0,
         "confusion": confusion(y, predictions, num_classes),
         "assignments": assignments,

@@ -38,7 +38,8 @@ from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
 
 __all__ = ["RunConfig", "TrainConfig", "train", "load_checkpoint", "clip_errors",
-           "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "stages_for", "augment"]
+           "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "rng_snapshot",
+           "restore_rng", "refuse_another_run", "data_provenance", "stages_for", "augment"]
 
 CHECKPOINT_FORMAT = 1
 MODES = ("supervised", "unsupervised")
@@ -177,6 +178,34 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
         torch.save(payload, tmp)
 
 
+def rng_snapshot(loader_generator: torch.Generator, device: torch.device) -> dict:
+    """Every random state a run draws from, to resume it exactly."""
+    return {"torch": torch.get_rng_state(), "loader": loader_generator.get_state(),
+            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+
+
+def restore_rng(snapshot: dict, loader_generator: torch.Generator, device: torch.device) -> None:
+    """Put back the states of :func:`rng_snapshot`."""
+    torch.set_rng_state(snapshot["torch"])
+    loader_generator.set_state(snapshot["loader"])
+    if device.type == "cuda" and snapshot.get("cuda") is not None:
+        torch.cuda.set_rng_state(snapshot["cuda"])
+
+
+def refuse_another_run(out: Path, saved: RunConfig, config: RunConfig,
+                       names: tuple[str, ...]) -> None:
+    """Raise if the run saved in ``out`` differs from ``config`` in any of ``names``."""
+    for name in names:
+        if getattr(saved, name) != getattr(config, name):
+            raise ValueError(f"{out} holds a run with {name}={getattr(saved, name)!r}, not "
+                             f"{getattr(config, name)!r}; use another --out to start a new run")
+
+
+def data_provenance(data: PreparedDataset) -> dict:
+    """What a checkpoint records of its data: the split's hash and the data folder."""
+    return {"split_hash": data.info()["split_hash"], "root": str(data.root)}
+
+
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
     """The dictionary in a checkpoint file, loaded with ``weights_only=True`` (no pickles);
     clear errors for a missing or foreign file."""
@@ -247,6 +276,7 @@ class Trainer:
         self.train_set = self.data.split("train")
         self.train_clips = self.data.split("train", crop_frames=None)
         self.val_set = self.data.split("val")
+        self.provenance = data_provenance(self.data)
         if len(self.train_set) == 0:
             raise ValueError(f"{config.dataset}: the training split is empty")
         k = config.prototypes or self.train_set.num_classes
@@ -291,20 +321,13 @@ class Trainer:
             csv.writer(handle).writerow(METRIC_COLUMNS)
 
     def _resume(self, payload: dict) -> None:
-        saved = TrainConfig.from_dict(payload["config"])
-        for name in ("dataset", "mode", "seed", "prototypes", "batch_size", "limit_per_class",
-                     "preset"):
-            if getattr(saved, name) != getattr(self.config, name):
-                raise ValueError(
-                    f"{self.out} holds a run with {name}={getattr(saved, name)!r}, not "
-                    f"{getattr(self.config, name)!r}; use another --out to start a new run")
+        refuse_another_run(self.out, TrainConfig.from_dict(payload["config"]), self.config,
+                           ("dataset", "mode", "seed", "prototypes", "batch_size",
+                            "limit_per_class", "preset"))
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = _State(**payload["state"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        self.loader_generator.set_state(payload["rng"]["loader"])
-        if self.device.type == "cuda" and payload["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(payload["rng"]["cuda"])
+        restore_rng(payload["rng"], self.loader_generator, self.device)
         truncate_metrics(self.out / "metrics.csv", self.state.epoch)
         (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
@@ -319,9 +342,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "state": asdict(self.state),
-            "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
-            "data": {"split_hash": self.data.info()["split_hash"], "root": str(self.data.root)},
+            "rng": rng_snapshot(self.loader_generator, self.device),
+            "data": self.provenance,
         }
 
     # -- curriculum -----------------------------------------------------------------------------

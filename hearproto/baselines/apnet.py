@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hearproto.data.dataset import tile_frames
+
 __all__ = ["APNet", "APNetOutput"]
 
 _SLOPE = 0.01  # LeakyReLU negative slope
@@ -131,12 +133,9 @@ class APNet(nn.Module):
     # -- plumbing ---------------------------------------------------------------------------
     def fit_length(self, x: Tensor) -> Tensor:
         """Crop (keep the start) or tile (repeat) ``x`` ``(B, T', F)`` to ``(B, frames, F)``."""
-        length = x.shape[1]
-        if length == 0:
+        if x.shape[1] == 0:
             raise ValueError("cannot fit an empty clip")
-        if length < self.frames:
-            x = x.repeat(1, -(-self.frames // length), 1)
-        return x[:, : self.frames]
+        return tile_frames(x, self.frames)[:, : self.frames]
 
     def _encode(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``image`` ``(B, 1, T, F)`` -> latent ``(B, C, T/4, F/4)``, masks of pool 1 and 2."""

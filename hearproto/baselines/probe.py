@@ -16,9 +16,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from hearproto.data.dataset import ClipDataset
-from hearproto.metrics import evaluate, majority_mapping
+from hearproto.metrics import accuracies, majority_mapping
 
-__all__ = ["mean_features", "linear_probe", "kmeans_clustering"]
+__all__ = ["mean_features", "linear_probe", "kmeans_scores", "kmeans_clustering"]
 
 
 def mean_features(dataset: ClipDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -41,16 +41,23 @@ def linear_probe(train: ClipDataset, test: ClipDataset, max_iter: int = 5000) ->
             "AA": 100 * balanced_accuracy_score(y_test, predicted)}
 
 
+def kmeans_scores(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray,
+                  labels: np.ndarray, num_classes: int, k: int | None = None,
+                  seed: int = 0) -> dict[str, float]:
+    """K-means (``k`` clusters, default ``num_classes``) on ``train_features`` ``(N, D)``; each
+    cluster takes the majority class of its training clips (the paper's mapping); ``features``
+    ``(M, D)`` go to the nearest centre. ``{"OA", "AA"}`` in percent on ``labels`` ``(M,)``."""
+    k = k or num_classes
+    kmeans = KMeans(k, n_init=10, random_state=seed).fit(train_features)
+    mapping = majority_mapping(kmeans.labels_, train_labels, k, num_classes)
+    predicted = mapping[kmeans.predict(features)]  # -1 for a cluster without training clips
+    return accuracies(labels, predicted, num_classes)
+
+
 def kmeans_clustering(train: ClipDataset, test: ClipDataset, k: int | None = None,
                       seed: int = 0) -> dict[str, float]:
     """K-means (``k`` clusters, default: the number of classes) on the training clips' mean
-    frames; each cluster takes the majority class of its training clips; test clips go to the
-    nearest centre. ``{"OA", "AA"}`` in percent."""
+    frames, scored by :func:`kmeans_scores`. ``{"OA", "AA"}`` in percent."""
     x_train, y_train = mean_features(train)
     x_test, y_test = mean_features(test)
-    k = k or train.num_classes
-    kmeans = KMeans(k, n_init=10, random_state=seed).fit(x_train)
-    mapping = majority_mapping(kmeans.labels_, y_train, k, train.num_classes)
-    distances = ((x_test[:, None, :] - kmeans.cluster_centers_[None]) ** 2).mean(-1)
-    scores = evaluate(distances, y_test, mapping, train.num_classes)
-    return {"OA": scores["OA"], "AA": scores["AA"]}
+    return kmeans_scores(x_train, y_train, x_test, y_test, train.num_classes, k, seed)

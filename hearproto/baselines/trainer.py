@@ -24,9 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -36,19 +34,24 @@ from hearproto.baselines.apnet import APNet
 from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
 from hearproto.data import prepare_dataset
-from hearproto.data.dataset import ClipDataset, whole_clip_batches
-from hearproto.metrics import average_accuracy, majority_mapping, overall_accuracy
+from hearproto.data.dataset import ClipDataset, tile_frames, whole_clip_batches
+from hearproto.baselines.probe import kmeans_scores
+from hearproto.metrics import accuracies
 from hearproto.train import (
     RunConfig,
     checkpoint_dataset,
+    data_provenance,
     read_checkpoint,
+    refuse_another_run,
     resolve_device,
+    restore_rng,
+    rng_snapshot,
     save_checkpoint,
     truncate_metrics,
 )
 
 __all__ = ["BASELINES", "BaselineConfig", "build_baseline", "train_baseline",
-           "is_baseline_checkpoint", "load_baseline", "evaluate_baseline", "kmeans_scores"]
+           "is_baseline_checkpoint", "load_baseline", "evaluate_baseline"]
 
 BASELINES = ("direct", "autoencoder", "apnet")
 CHECKPOINT_FORMAT = 1
@@ -103,9 +106,7 @@ def _outputs(model: nn.Module, dataset: ClipDataset, batch_size: int, device: to
     model.eval()
     parts: dict[str, list] = {name: [None] * len(dataset) for name in want}
     for indices, x in whole_clip_batches(dataset, batch_size):
-        if x.shape[1] < frames:
-            x = x.repeat(1, -(-frames // x.shape[1]), 1)[:, :frames]
-        x = x.to(device)
+        x = tile_frames(x, frames).to(device)
         values = {}
         if "logits" in want:
             values["logits"] = model.logits(x)
@@ -120,22 +121,6 @@ def _outputs(model: nn.Module, dataset: ClipDataset, batch_size: int, device: to
     return {name: torch.stack(rows) for name, rows in parts.items()}
 
 
-def _scores(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, float]:
-    return {"OA": overall_accuracy(labels, predicted),
-            "AA": average_accuracy(labels, predicted, n_classes)}
-
-
-def kmeans_scores(train_features: np.ndarray, train_labels: np.ndarray,
-                  features: np.ndarray, labels: np.ndarray, n_classes: int,
-                  seed: int = 0) -> dict[str, float]:
-    """K-means (K = ``n_classes``) on training features, majority mapping from the training
-    labels, nearest centre for ``features``: ``{"OA", "AA"}`` in percent."""
-    kmeans = KMeans(n_classes, n_init=10, random_state=seed).fit(train_features)
-    mapping = majority_mapping(kmeans.labels_, train_labels, n_classes, n_classes)
-    predicted = mapping[kmeans.predict(features)]
-    return _scores(labels, predicted, n_classes)
-
-
 def _validation(model: nn.Module, name: str, dataset: ClipDataset, batch_size: int,
                 device: torch.device, frames: int) -> dict[str, float]:
     want = {"direct": ("logits",), "autoencoder": ("rec_error",),
@@ -143,7 +128,7 @@ def _validation(model: nn.Module, name: str, dataset: ClipDataset, batch_size: i
     out = _outputs(model, dataset, batch_size, device, want, frames)
     scores: dict[str, float] = {}
     if "logits" in out:
-        scores.update(_scores(dataset.labels.numpy(), out["logits"].argmax(1).numpy(),
+        scores.update(accuracies(dataset.labels.numpy(), out["logits"].argmax(1).numpy(),
                               dataset.num_classes))
     if "rec_error" in out:
         scores["L_rec"] = 100 * float(out["rec_error"].mean())
@@ -159,8 +144,7 @@ def _checkpoint(model: nn.Module, optimizer, config: BaselineConfig, meta: dict,
     return {
         "format": CHECKPOINT_FORMAT, "baseline": config.model, "config": asdict(config), **meta,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": dict(state),
-        "rng": {"torch": torch.get_rng_state(), "loader": loader_generator.get_state(),
-                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+        "rng": rng_snapshot(loader_generator, device),
     }
 
 
@@ -178,7 +162,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
     frames = data.crop_frames
     meta = {"n_classes": train_set.num_classes, "frames": frames,
             "frontend": data.frontend.to_dict(), "classes": list(data.classes),
-            "data": {"split_hash": data.info()["split_hash"], "root": str(data.root)}}
+            "data": data_provenance(data)}
     model = build_baseline(config.model, train_set.num_classes, data.frontend.n_mels, frames,
                            config.apnet_prototypes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
@@ -190,18 +174,12 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
     last = out / "last.pt"
     if last.is_file():
         payload = _load(last, device)
-        saved = BaselineConfig.from_dict(payload["config"])
-        for name in ("model", "dataset", "seed", "batch_size", "limit_per_class", "preset"):
-            if getattr(saved, name) != getattr(config, name):
-                raise ValueError(f"{out} holds a run with {name}={getattr(saved, name)!r}, not "
-                                 f"{getattr(config, name)!r}; use another --out for a new run")
+        refuse_another_run(out, BaselineConfig.from_dict(payload["config"]), config,
+                           ("model", "dataset", "seed", "batch_size", "limit_per_class", "preset"))
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state.update(payload["state"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        loader_generator.set_state(payload["rng"]["loader"])
-        if device.type == "cuda" and payload["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(payload["rng"]["cuda"])
+        restore_rng(payload["rng"], loader_generator, device)
         truncate_metrics(out / "metrics.csv", state["epoch"])
         if state["done"] and state["stop_reason"] != "no better validation score":
             state["done"] = not (state["epoch"] < config.epochs and (
@@ -327,9 +305,10 @@ def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str 
         train_features = _outputs(model, train, config.eval_batch_size, device, ("features",),
                                   frames)
         scores = kmeans_scores(train_features["features"].numpy(), train.labels.numpy(),
-                               out["features"].numpy(), labels, target.num_classes, config.seed)
+                               out["features"].numpy(), labels, target.num_classes,
+                               seed=config.seed)
     else:
-        scores = _scores(labels, out["logits"].argmax(1).numpy(), target.num_classes)
+        scores = accuracies(labels, out["logits"].argmax(1).numpy(), target.num_classes)
     l_rec = 100 * float(out["rec_error"].mean()) if "rec_error" in out else None
     label = {"direct": "Direct Classification", "autoencoder": "Autoencoder + K-means",
              "apnet": "APNet + K-means" if clustering else "APNet"}[name]

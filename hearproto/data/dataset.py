@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from hearproto.audio import FrontEnd
 from hearproto.data.cache import FeatureStore
 
-__all__ = ["ClipDataset", "crop_or_tile", "pad_collate", "whole_clip_batches"]
+__all__ = ["ClipDataset", "crop_or_tile", "pad_collate", "tile_frames", "whole_clip_batches"]
 
 
 def crop_or_tile(frames: np.ndarray, length: int, start: int) -> np.ndarray:
@@ -23,6 +23,15 @@ def crop_or_tile(frames: np.ndarray, length: int, start: int) -> np.ndarray:
         repeats = -(-length // frames.shape[0])
         return np.tile(frames, (repeats, 1))[:length]
     return frames[start:start + length]
+
+
+def tile_frames(x: torch.Tensor, length: int) -> torch.Tensor:
+    """A batch ``(B, T, F)`` shorter than ``length`` frames, repeated in time and cut to
+    ``(B, length, F)`` (as :func:`crop_or_tile` does to training clips); longer batches are
+    returned as they are."""
+    if x.shape[1] >= length:
+        return x
+    return x.repeat(1, -(-length // x.shape[1]), 1)[:, :length]
 
 
 class ClipDataset(Dataset):
