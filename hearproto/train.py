@@ -72,6 +72,14 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
+    def budget_spent(self, epochs_done: int, elapsed_seconds: float) -> str:
+        """Why the epoch or time budget stops a run at this point, or "" while it lasts."""
+        if epochs_done >= self.epochs:
+            return f"epoch budget ({self.epochs})"
+        if self.max_minutes is not None and elapsed_seconds >= 60 * self.max_minutes:
+            return f"time budget ({self.max_minutes} min)"
+        return ""
+
     @classmethod
     def from_dict(cls, values: dict):
         """The config from a saved ``config.json`` (unknown keys ignored)."""
@@ -487,22 +495,19 @@ class Trainer:
                     self._enter_stage(state.stage + 1)
                 else:
                     state.done, state.stop_reason = True, "curriculum complete"
-            if not state.done and state.epoch >= c.epochs:
-                state.done, state.stop_reason = True, f"epoch budget ({c.epochs})"
-            if (not state.done and c.max_minutes is not None
-                    and state.elapsed_seconds >= 60 * c.max_minutes):
-                state.done, state.stop_reason = True, f"time budget ({c.max_minutes} min)"
+            spent = "" if state.done else c.budget_spent(state.epoch, state.elapsed_seconds)
+            if spent:
+                state.done, state.stop_reason = True, spent
             save_checkpoint(self._payload(), last)
         bar.close()
         return self._summary()
 
     def _budget_left(self) -> bool:
         """Whether a run stopped by its epoch or time budget may go on under this config."""
-        c, state = self.config, self.state
+        state = self.state
         if state.stop_reason == "curriculum complete":
             return False
-        time_left = c.max_minutes is None or state.elapsed_seconds < 60 * c.max_minutes
-        return state.epoch < c.epochs and time_left
+        return not self.config.budget_spent(state.epoch, state.elapsed_seconds)
 
     def _validate(self) -> dict:
         if len(self.val_set) == 0:

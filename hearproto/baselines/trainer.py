@@ -182,8 +182,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
         restore_rng(payload["rng"], loader_generator, device)
         truncate_metrics(out / "metrics.csv", state["epoch"])
         if state["done"] and state["stop_reason"] != "no better validation score":
-            state["done"] = not (state["epoch"] < config.epochs and (
-                config.max_minutes is None or state["elapsed_seconds"] < 60 * config.max_minutes))
+            state["done"] = bool(config.budget_spent(state["epoch"], state["elapsed_seconds"]))
     else:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "metrics.csv", "w", newline="") as handle:
@@ -229,12 +228,11 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
                  *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
                  int(improved), f"{time.perf_counter() - epoch_start:.2f}",
                  f"{state['elapsed_seconds']:.1f}"])
+        spent = config.budget_spent(state["epoch"], state["elapsed_seconds"])
         if state["stale_epochs"] >= config.patience:
             state["done"], state["stop_reason"] = True, "no better validation score"
-        elif state["epoch"] >= config.epochs:
-            state["done"], state["stop_reason"] = True, f"epoch budget ({config.epochs})"
-        elif config.max_minutes is not None and state["elapsed_seconds"] >= 60 * config.max_minutes:
-            state["done"], state["stop_reason"] = True, f"time budget ({config.max_minutes} min)"
+        elif spent:
+            state["done"], state["stop_reason"] = True, spent
         payload = _checkpoint(model, optimizer, config, meta, state, loader_generator, device)
         if improved:
             save_checkpoint(payload, out / "best.pt")
