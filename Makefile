@@ -13,7 +13,8 @@ SCALE ?= small
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # Tests are deterministic on CPU with a fixed thread count.
 TEST_ENV := OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 MPLBACKEND=agg PYTHONHASHSEED=0
-# nbval references: every experiment executed at `ci` scale, only the checked outputs kept.
+# nbval references: every experiment executed at `ci` scale (the per-dataset ones on
+# instruments), only the checked outputs kept.
 REFERENCE_NOTEBOOKS := tests/notebooks
 # JavaScript the book serves itself (offline): pinned in package.json, copied at build time.
 ASSETS := book/_assets
@@ -58,7 +59,7 @@ book: experiments html
 # Re-make the nbval references after changing a notebook or what it prints (then commit them).
 references: install
 	$(TEST_ENV) $(BIN)/hearproto experiments run --scale ci --output-dir $(REFERENCE_NOTEBOOKS) \
-		--checked-outputs-only
+		--checked-outputs-only --datasets instruments
 
 unit-tests: install assets
 	$(TEST_ENV) $(BIN)/python -m pytest tests

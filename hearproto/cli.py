@@ -30,10 +30,20 @@ def _roundtrip(args: argparse.Namespace) -> int:
 def _experiments_run(args: argparse.Namespace) -> int:
     from hearproto.experiments import run_experiments
 
+    extra = {"device": args.device} if args.device != "auto" else {}
+    if args.data_root and (not args.datasets or "," in args.datasets):
+        raise ValueError("--data-root needs exactly one dataset in --datasets (the one stored "
+                         "there), e.g. --datasets librispeech")
+    if args.data_root:
+        extra["data_root"] = str(Path(args.data_root).resolve())
+    if args.n_speakers:
+        extra["n_speakers"] = None if args.n_speakers == "all" else int(args.n_speakers)
+    results_dir = None if args.checked_outputs_only or args.no_results else Path(args.results_dir)
     runs = run_experiments(
         names=args.only, scale=args.scale, experiments_dir=Path(args.experiments_dir),
         output_dir=Path(args.output_dir), force=args.force,
-        checked_outputs_only=args.checked_outputs_only,
+        checked_outputs_only=args.checked_outputs_only, extra_parameters=extra,
+        datasets=args.datasets.split(",") if args.datasets else None, results_dir=results_dir,
     )
     for run in runs:
         state = f"executed in {run.seconds:.1f} s" if run.executed else "up to date, reused"
@@ -130,6 +140,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         scores = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
                                      root=args.root)
+    if args.results:
+        from hearproto.results import append_rows, describe_device, result_row
+        from hearproto.train import read_checkpoint, resolve_device
+
+        row = result_row(scores, read_checkpoint(args.checkpoint), args.checkpoint,
+                         describe_device(resolve_device(args.device)))
+        table = append_rows(args.results, [row])
+        print(f"{args.results}: row {len(table)} appended", file=sys.stderr)
     if args.json:
         print(json.dumps(scores, indent=1))
     else:
@@ -141,10 +159,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _play_apnet(args: argparse.Namespace) -> int:
+    from hearproto.audio import mel_to_audio, save_audio
+    from hearproto.baselines.trainer import apnet_prototype_logmels
+    from hearproto.data.dataset import tile_frames
+
+    if not args.prototype.isdigit():
+        raise ValueError("APNet's prototypes have no class: give --prototype an index")
+    logmels, frontend = apnet_prototype_logmels(args.checkpoint)
+    index = int(args.prototype)
+    if not 0 <= index < len(logmels):
+        raise ValueError(f"--prototype {index} is out of range [0, {len(logmels)})")
+    frames = max(1, round(args.seconds * frontend.sample_rate / frontend.hop_length))
+    logmel = tile_frames(logmels[index:index + 1], frames)[0, :frames]
+    save_audio(args.out, mel_to_audio(logmel, frontend), frontend.sample_rate,
+               overwrite=args.force)
+    print(f"{args.out}: APNet prototype {index}, decoded ({args.seconds:.1f} s)")
+    return 0
+
+
 def _play(args: argparse.Namespace) -> int:
     from hearproto.audio import prototype_to_audio, save_audio
+    from hearproto.baselines.trainer import is_baseline_checkpoint
     from hearproto.train import load_checkpoint
 
+    if is_baseline_checkpoint(args.checkpoint):
+        return _play_apnet(args)
     model, payload = load_checkpoint(args.checkpoint)
     classes = payload["classes"]
     if args.prototype.isdigit():
@@ -198,7 +238,7 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from hearproto.audio import PRESETS
     from hearproto.data import DATASETS
-    from hearproto.experiments import EXPERIMENTS, SCALES
+    from hearproto.experiments import DEFAULT_DATASETS, EXPERIMENTS, SCALES
 
     parser = argparse.ArgumentParser(
         prog="hearproto", description="Audio identification with playable spectral prototypes."
@@ -274,11 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--kmeans", action="store_true",
                           help="apnet: score K-means on its similarities (APNet + K-means)")
     evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--results", metavar="FILE.csv",
+                          help="also append the scores, with their provenance (commit, device, "
+                               "training time, config), as a row of this CSV table")
     evaluate.set_defaults(handler=_evaluate)
 
-    play = commands.add_parser("play", help="write a prototype as sound")
+    play = commands.add_parser("play", help="write a prototype (ours or APNet's) as sound")
     play.add_argument("--checkpoint", required=True)
-    play.add_argument("--prototype", required=True, help="index, or class name (supervised)")
+    play.add_argument("--prototype", required=True,
+                      help="index, or class name (our supervised model)")
     play.add_argument("--out", required=True, help="FILE.wav")
     play.add_argument("--seconds", type=float, default=1.0)
     play.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -306,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ci: seconds; small: minutes on a CPU (default); paper: a GPU")
     run.add_argument("--only", nargs="+", choices=EXPERIMENTS, metavar="NAME",
                      help=f"run only these ({', '.join(EXPERIMENTS)})")
+    run.add_argument("--datasets", metavar="A,B",
+                     help=f"datasets of the per-dataset notebooks (default: "
+                          f"{','.join(DEFAULT_DATASETS)})")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    run.add_argument("--data-root", help="the dataset's folder (real datasets: sol, "
+                                         "librispeech, folder); one dataset at a time")
+    run.add_argument("--n-speakers", help="librispeech: keep the N speakers with the most "
+                                          "audio, or 'all' (default: 128)")
+    run.add_argument("--results-dir", default="results",
+                     help="tables go to RESULTS_DIR/SCALE/DATASET/ (default: results)")
+    run.add_argument("--no-results", action="store_true", help="write no tables")
     run.add_argument("--experiments-dir", default="experiments", help="templates (default: experiments)")
     run.add_argument("--output-dir", default="book", help="executed copies (default: book)")
     run.add_argument("--force", action="store_true", help="execute even when up to date")

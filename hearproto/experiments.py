@@ -18,10 +18,18 @@ import nbformat
 
 from hearproto.files import atomic_path
 
-__all__ = ["EXPERIMENTS", "SCALES", "NotebookRun", "fingerprint", "run_notebook", "run_experiments"]
+__all__ = ["EXPERIMENTS", "GENERAL", "PER_DATASET", "DEFAULT_DATASETS", "SCALES", "NotebookRun",
+           "fingerprint", "run_notebook", "run_experiments", "output_name", "write_provenance"]
 
-#: Notebook templates, in the order the book presents them.
-EXPERIMENTS: tuple[str, ...] = ("frontend", "datasets")
+#: Notebook templates that do not depend on a dataset (executed once each).
+GENERAL: tuple[str, ...] = ("frontend", "datasets")
+#: Notebook templates executed once per dataset, into ``NAME-DATASET.ipynb``.
+PER_DATASET: tuple[str, ...] = ("ablation", "classification", "clustering", "prototypes",
+                                "transformations", "timbre")
+#: Every template, in the order the book presents them.
+EXPERIMENTS: tuple[str, ...] = GENERAL + PER_DATASET
+#: The datasets ``hearproto experiments run`` uses unless told otherwise.
+DEFAULT_DATASETS: tuple[str, ...] = ("instruments", "speakers")
 #: ``ci``: seconds, for tests; ``small``: the default of ``make book``; ``paper``: the paper's.
 SCALES: tuple[str, ...] = ("ci", "small", "paper")
 
@@ -130,23 +138,89 @@ def run_notebook(
     return NotebookRun(name, output, executed=True, seconds=seconds)
 
 
+def output_name(name: str, dataset: str | None) -> str:
+    """The executed copy's file stem: ``name`` or, per dataset, ``name-dataset``."""
+    return name if name in GENERAL else f"{name}-{dataset}"
+
+
 def run_experiments(
     names: list[str] | None = None, scale: str = "small", experiments_dir: Path = Path("experiments"),
     output_dir: Path = Path("book"), force: bool = False, extra_parameters: dict | None = None,
-    checked_outputs_only: bool = False,
+    checked_outputs_only: bool = False, datasets: list[str] | None = None,
+    results_dir: Path | None = None, progress: bool = True,
 ) -> list[NotebookRun]:
-    """Execute the named experiment notebooks (all by default) at ``scale``."""
+    """Execute the named experiment notebooks (all by default) at ``scale``: the general ones
+    once, the others once per dataset. With ``results_dir``, the notebooks write their tables
+    to ``results_dir/scale/dataset/`` and each such folder gets a ``provenance.json``."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     names = list(EXPERIMENTS) if not names else names
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
-    parameters = {"scale": scale, **(extra_parameters or {})}
+    datasets = list(DEFAULT_DATASETS) if not datasets else datasets
+    base = {"scale": scale, **(extra_parameters or {})}
     runs = []
-    for name in names:
+    for name in (n for n in EXPERIMENTS if n in names and n in GENERAL):
         runs.append(run_notebook(
-            Path(experiments_dir) / f"{name}.ipynb", Path(output_dir) / f"{name}.ipynb",
-            parameters, force=force, checked_outputs_only=checked_outputs_only,
-        ))
+            Path(experiments_dir) / f"{name}.ipynb", Path(output_dir) / f"{name}.ipynb", base,
+            force=force, checked_outputs_only=checked_outputs_only, progress=progress))
+    for dataset in datasets:
+        parameters = {**base, "dataset": dataset}
+        folder = None
+        if results_dir is not None:
+            folder = Path(results_dir).resolve() / scale / dataset
+            parameters["results_dir"] = str(folder)
+        done = []
+        for name in (n for n in EXPERIMENTS if n in names and n in PER_DATASET):
+            done.append(run_notebook(
+                Path(experiments_dir) / f"{name}.ipynb",
+                Path(output_dir) / f"{output_name(name, dataset)}.ipynb", parameters,
+                force=force, checked_outputs_only=checked_outputs_only, progress=progress))
+        if folder is not None and done:
+            write_provenance(folder, dataset, parameters, done)
+        runs += done
     return runs
+
+
+def write_provenance(folder: Path, dataset: str, parameters: dict,
+                     runs: list[NotebookRun]) -> Path:
+    """``folder/provenance.json``: what made the tables beside it (atomically)."""
+    import torch
+
+    from hearproto.data import prepare_dataset
+    from hearproto.results import describe_device
+    from hearproto.runs import SCALE_SETTINGS
+    from hearproto.tables import HEADLINE_SEEDS
+    from hearproto.train import data_provenance, resolve_device
+
+    scale = parameters["scale"]
+    device = resolve_device(parameters.get("device", "auto"))
+    settings = SCALE_SETTINGS[scale]["data"]
+    data = prepare_dataset(dataset, root=parameters.get("data_root"), progress=False,
+                           limit_per_class=settings.get("limit_per_class"),
+                           frontend=settings.get("preset"),
+                           n_speakers=parameters.get("n_speakers", 128))
+    notebooks = {}
+    for run in runs:
+        stored = nbformat.read(run.output, as_version=4).metadata.get(METADATA_KEY, {})
+        notebooks[run.name] = {"output": run.output.as_posix(),
+                               "executed_now": run.executed,
+                               "wall_seconds": stored.get("wall_seconds", round(run.seconds, 2)),
+                               "git_commit": stored.get("git_commit")}
+    provenance = {
+        "git_commit": git_commit(PACKAGE_DIR),
+        "parameters": parameters,
+        "scale_settings": SCALE_SETTINGS[scale],
+        "seeds": {"table1": [parameters.get("seed", 0)], "tables2_3": list(HEADLINE_SEEDS[scale])},
+        "device": str(device), "device_name": describe_device(device),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "dataset": {"name": dataset, "files": len(data.table), "classes": len(data.classes),
+                    **data_provenance(data)},
+        "notebooks": notebooks,
+        "total_wall_seconds": round(sum(n["wall_seconds"] or 0 for n in notebooks.values()), 1),
+    }
+    path = Path(folder) / "provenance.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(provenance, indent=1, default=str) + "\n")
+    return path

@@ -36,6 +36,7 @@ from hearproto.data.dataset import ClipDataset, whole_clip_batches
 from hearproto.files import atomic_path
 from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
+from hearproto.results import describe_device
 
 __all__ = ["RunConfig", "TrainConfig", "train", "load_checkpoint", "clip_errors",
            "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "rng_snapshot",
@@ -98,6 +99,9 @@ class TrainConfig(RunConfig):
     beta_lr_factor: float = 5.0
     lambda_ce: float = 0.01
     warmup_epochs: float = 1.0
+    stage_epochs: int | None = None  # each curriculum stage lasts exactly this many epochs
+    # instead of ending after ``patience`` epochs without a lower training loss (fixed
+    # schedules for the quick experiment scales: every stage is reached, deterministically)
     min_share: float = 0.02  # reassignment: share * K below this starves a prototype
     augment: bool = True
     k_chunk: int = 8  # prototypes per chunk of the error (8 is fastest on CPU, see bench)
@@ -108,6 +112,8 @@ class TrainConfig(RunConfig):
         super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.stage_epochs is not None and self.stage_epochs < 1:
+            raise ValueError(f"stage_epochs must be at least 1 (or None), got {self.stage_epochs}")
         if self.k_chunk < 1:
             raise ValueError(f"k_chunk must be at least 1, got {self.k_chunk}")
 
@@ -251,6 +257,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
 class _State:
     epoch: int = 0  # epochs completed
     stage: int = 0  # index into stages_for(mode)
+    stage_epoch: int = 0  # epochs completed in this stage
     step: int = 0
     warm_start_step: int = 0
     warm_groups: list[str] = field(default_factory=list)
@@ -352,6 +359,7 @@ class Trainer:
             "state": asdict(self.state),
             "rng": rng_snapshot(self.loader_generator, self.device),
             "data": self.provenance,
+            "trained_on": describe_device(self.device),
         }
 
     # -- curriculum -----------------------------------------------------------------------------
@@ -361,6 +369,7 @@ class Trainer:
         name = self.stages[index]
         state = self.state
         state.stage, state.best_loss, state.stale_epochs = index, math.inf, 0
+        state.stage_epoch = 0
         if name in TRANSFORMATIONS:
             self.model.activate(name)
             state.warm_groups = ["encoder", name]
@@ -478,6 +487,7 @@ class Trainer:
             loss, counts = self._epoch(callback)
             state = self.state
             state.epoch += 1
+            state.stage_epoch += 1
             reassigned = self._reassign(counts) if c.mode == "unsupervised" else []
             val = self._validate()
             if loss < state.best_loss * (1 - 1e-4):
@@ -489,7 +499,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(stage=self.stages[state.stage], loss=f"{loss:.4f}",
                             val_OA=f"{val.get('OA', float('nan')):.1f}")
-            if state.stale_epochs >= c.patience:
+            stage_over = (state.stage_epoch >= c.stage_epochs if c.stage_epochs
+                          else state.stale_epochs >= c.patience)
+            if stage_over:
                 save_checkpoint(self._payload(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
                 if state.stage + 1 < len(self.stages):
                     self._enter_stage(state.stage + 1)
@@ -577,6 +589,9 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: st
     config = TrainConfig.from_dict(payload["config"])
     data = checkpoint_dataset(path, payload, config, root, progress)
     target = data.split(split, crop_frames=None)
+    if len(target) == 0:
+        raise ValueError(f"{config.dataset}: the {split} split is empty (a dataset this small "
+                         "has no clip to spare for it); evaluate on another split")
     mapping = mapping_for(model, config.mode, data.split("train", crop_frames=None), device,
                           config.eval_batch_size)
     errors = clip_errors(model, target, config.eval_batch_size, device, config.k_chunk)

@@ -65,12 +65,18 @@ def test_latent_distance_matches_naive_loops():
     for b in range(2):
         for m in range(3):
             for f in range(2):
-                total = 0.0
+                total, norms = 0.0, 0.0
                 for c in range(2):
                     for t in range(2):
                         total += float(z[b, c, t, f] - p[m, c, t, f]) ** 2
-                naive[b, m, f] = total
+                        norms += float(z[b, c, t, f]) ** 2 + float(p[m, c, t, f]) ** 2
+                naive[b, m, f] = total / norms  # relative to the squared norms
     torch.testing.assert_close(d, naive, atol=1e-5, rtol=1e-5)
+    # scale-free: scaling latents and prototypes together leaves it unchanged; in [0, 2]
+    with torch.no_grad():
+        model.prototypes.mul_(7.0)
+    torch.testing.assert_close(model._distance(7.0 * z), naive, atol=1e-5, rtol=1e-5)
+    assert model._distance(-z[:, None].expand(-1, 3, -1, -1, -1)[:, 0]).max() <= 2 + 1e-6
     # forward's distances are d averaged over frequency
     x = torch.rand(2, 8, 8)
     zx, _, _ = model._encode(2 * x[:, None] - 1)
@@ -89,6 +95,28 @@ def test_similarity_weights_start_uniform_and_similarity_in_unit_interval():
     # a latent equal to a prototype has similarity exactly 1
     z = model.prototypes.detach()[:1]
     assert model._similarity(model._distance(z))[0, 0].item() == pytest.approx(1.0)
+
+
+def test_init_prototypes_are_latents_of_distinct_clips():
+    model = tiny(n_prototypes=4)
+    x = torch.rand(10, 32, 16)
+    x[3] = x[7]  # a duplicate: k-means++ never picks both copies (distance 0)
+    model.init_prototypes(x, torch.Generator().manual_seed(0))
+    z, _, _ = model._encode(2 * x[:, None] - 1)
+    d = (model.prototypes.detach()[:, None] - z[None]).square().flatten(2).mean(-1)  # (M, N)
+    nearest = d.argmin(1)
+    assert d.min(1).values.max() < 1e-3  # each prototype sits on a clip's latent (+ noise)
+    assert len(set(nearest.tolist())) == 4
+    assert not {3, 7} <= set(nearest.tolist())
+    # fewer clips than prototypes: clips are reused, nothing fails
+    model.init_prototypes(x[:2], torch.Generator().manual_seed(0))
+    assert torch.isfinite(model.prototypes).all()
+    # the same generator seed gives the same prototypes
+    a = tiny(n_prototypes=4)
+    b = tiny(n_prototypes=4)
+    a.init_prototypes(x, torch.Generator().manual_seed(1))
+    b.init_prototypes(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a.prototypes, b.prototypes)
 
 
 def test_training_decreases_the_loss_and_separates_two_bands():
@@ -149,10 +177,10 @@ def expected_parameters(n_classes: int, n_mels: int, frames: int, m: int,
     convs = (1 * c * k * k + c) + 2 * (c * c * k * k + c)  # encoder
     deconvs = 2 * (c * c * k * k + c) + (c * 1 * k * k + 1)  # decoder
     prototypes = m * c * (frames // 4) * (n_mels // 4)
-    return convs + deconvs + prototypes + m * (n_mels // 4) + m * n_classes
+    return convs + deconvs + prototypes + m * (n_mels // 4) + m * n_classes + 1  # + log_sharpness
 
 
-@pytest.mark.parametrize("n_classes, frames, count", [(33, 256, 6_664_261), (128, 192, 5_035_361)])
+@pytest.mark.parametrize("n_classes, frames, count", [(33, 256, 6_664_262), (128, 192, 5_035_362)])
 def test_parameter_count(n_classes, frames, count):
     model = APNet(n_classes, n_mels=128, frames=frames, n_prototypes=100)
     total = sum(p.numel() for p in model.parameters())

@@ -6,6 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import soundfile as sf
 import pytest
 import torch
 
@@ -107,10 +110,23 @@ def test_cli_trains_and_evaluates_apnet_and_its_kmeans(tones, tmp_path, capsys):
     assert cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--json"]) == 0
     classified = json.loads(capsys.readouterr().out)
     assert classified["model"] == "APNet" and classified["L_rec"] > 0
-    assert cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--kmeans", "--json"]) == 0
+    table = tmp_path / "results.csv"
+    assert cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--kmeans", "--json",
+                     "--results", str(table)]) == 0
     clustered = json.loads(capsys.readouterr().out)
+    row = pd.read_csv(table).iloc[0]
+    assert row["model"] == "APNet + K-means" and row["OA"] == pytest.approx(clustered["OA"])
+    assert row["epochs"] == 2 and row["trained_on"].startswith("cpu")
+    assert json.loads(row["config"])["model"] == "apnet"
     assert clustered["model"] == "APNet + K-means" and clustered["mode"] == "unsupervised"
     assert clustered["L_rec"] == pytest.approx(classified["L_rec"])
     assert {"OA", "AA", "L_rec", "stage", "dataset", "mode"} <= set(clustered)
+    wav = tmp_path / "apnet-prototype.wav"
+    assert cli.main(["play", "--checkpoint", str(out / "best.pt"), "--prototype", "3",
+                     "--out", str(wav), "--seconds", "0.5"]) == 0
+    samples, rate = sf.read(wav)
+    assert rate == 16_000 and abs(len(samples) - 8000) <= 512 and np.abs(samples).max() > 0
+    assert cli.main(["play", "--checkpoint", str(out / "best.pt"), "--prototype", "100",
+                     "--out", str(tmp_path / "x.wav")]) == 2
     assert cli.main(["train", "--model", "direct", "--mode", "unsupervised", "--dataset",
                      "folder", "--root", str(tones), "--out", str(tmp_path / "x")]) == 2

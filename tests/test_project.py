@@ -134,3 +134,11 @@ def test_runner_rejects_unknown_names():
         run_experiments(["nope"])
     with pytest.raises(ValueError, match="unknown scale"):
         run_experiments(scale="huge")
+
+
+def test_experiments_cli_wants_one_dataset_with_a_data_root(capsys):
+    from hearproto import cli
+
+    assert cli.main(["experiments", "run", "--data-root", "/nowhere", "--datasets",
+                     "instruments,speakers"]) == 2
+    assert "--data-root needs exactly one dataset" in capsys.readouterr().err

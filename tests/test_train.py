@@ -81,6 +81,20 @@ def test_supervised_training_learns_separable_classes(tones, tmp_path):
     assert best["pitch"] < best["raw"]  # the transformations reconstruct better
 
 
+def test_fixed_stage_epochs_walk_the_whole_curriculum(tones, tmp_path):
+    out = tmp_path / "fixed"
+    summary = train(config(tones, out, mode="unsupervised", epochs=50, stage_epochs=2,
+                           patience=1000), progress=False)
+    stages = stages_for("unsupervised")
+    assert summary["epochs"] == 2 * len(stages) and summary["stop_reason"] == "curriculum complete"
+    with open(out / "metrics.csv") as handle:
+        logged = [row["stage"] for row in csv.DictReader(handle)]
+    assert logged == [stage for stage in stages for _ in range(2)]
+    assert sorted(p.stem for p in (out / "stages").glob("*.pt")) == sorted(stages)
+    with pytest.raises(ValueError, match="stage_epochs"):
+        config(tones, out, stage_epochs=0)
+
+
 def test_unsupervised_training_and_reassignment(tones, tmp_path):
     trainer = Trainer(config(tones, tmp_path / "u", mode="unsupervised", epochs=2), progress=False)
     trainer._fresh_start()

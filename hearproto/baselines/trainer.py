@@ -37,6 +37,7 @@ from hearproto.data import prepare_dataset
 from hearproto.data.dataset import ClipDataset, tile_frames, whole_clip_batches
 from hearproto.baselines.probe import kmeans_scores
 from hearproto.metrics import accuracies
+from hearproto.results import describe_device
 from hearproto.train import (
     RunConfig,
     checkpoint_dataset,
@@ -51,7 +52,8 @@ from hearproto.train import (
 )
 
 __all__ = ["BASELINES", "BaselineConfig", "build_baseline", "train_baseline",
-           "is_baseline_checkpoint", "load_baseline", "evaluate_baseline"]
+           "is_baseline_checkpoint", "load_baseline", "evaluate_baseline",
+           "apnet_prototype_logmels"]
 
 BASELINES = ("direct", "autoencoder", "apnet")
 CHECKPOINT_FORMAT = 1
@@ -144,8 +146,21 @@ def _checkpoint(model: nn.Module, optimizer, config: BaselineConfig, meta: dict,
     return {
         "format": CHECKPOINT_FORMAT, "baseline": config.model, "config": asdict(config), **meta,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": dict(state),
-        "rng": rng_snapshot(loader_generator, device),
+        "rng": rng_snapshot(loader_generator, device), "trained_on": describe_device(device),
     }
+
+
+APNET_INIT_CLIPS = 4  # APNet's prototypes start from this many training crops per prototype
+
+
+def _init_apnet_prototypes(model: APNet, train_set: ClipDataset, seed: int,
+                           device: torch.device) -> None:
+    """Start APNet's prototypes from encoded training crops (k-means++), reproducibly."""
+    generator = torch.Generator().manual_seed(seed)
+    count = min(len(train_set), APNET_INIT_CLIPS * model.n_prototypes)
+    chosen = torch.randperm(len(train_set), generator=generator)[:count]
+    clips = torch.stack([train_set[int(i)][0] for i in chosen]).to(device)
+    model.init_prototypes(clips, generator=generator)
 
 
 def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
@@ -184,6 +199,8 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
         if state["done"] and state["stop_reason"] != "no better validation score":
             state["done"] = bool(config.budget_spent(state["epoch"], state["elapsed_seconds"]))
     else:
+        if config.model == "apnet":
+            _init_apnet_prototypes(model, train_set, config.seed, device)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "metrics.csv", "w", newline="") as handle:
             csv.writer(handle).writerow(METRIC_COLUMNS)
@@ -289,6 +306,9 @@ def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str 
     config = BaselineConfig.from_dict(payload["config"])
     data = checkpoint_dataset(path, payload, config, root, progress)
     target = data.split(split, crop_frames=None)
+    if len(target) == 0:
+        raise ValueError(f"{config.dataset}: the {split} split is empty (a dataset this small "
+                         "has no clip to spare for it); evaluate on another split")
     if clustering and name == "direct":
         raise ValueError("Direct Classification has no clustering variant; drop --kmeans")
     clustering = clustering or name == "autoencoder"
@@ -313,3 +333,24 @@ def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str 
     return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": l_rec, "stage": "best",
             "dataset": config.dataset, "mode": "unsupervised" if clustering else "supervised",
             "model": label, "split": split, "clips": len(target)}
+
+
+@torch.no_grad()
+def apnet_prototype_logmels(path: str | os.PathLike, root: str | None = None,
+                            examples: int = 64) -> tuple[Tensor, FrontEnd]:
+    """APNet's latent prototypes decoded to log-Mels ``(M, frames, F)`` in [0, 1], playable
+    with :func:`hearproto.audio.mel_to_audio`, and the front end they belong to. The
+    decoder's unpooling masks come from the nearest of ``examples`` training crops (see
+    :meth:`APNet.decode_prototypes`)."""
+    model, payload = load_baseline(path)
+    if payload["baseline"] != "apnet":
+        raise ValueError(f"{path}: a {payload['baseline']} baseline has no prototypes to play "
+                         "(APNet and our model have)")
+    config = BaselineConfig.from_dict(payload["config"])
+    data = checkpoint_dataset(path, payload, config, root)
+    train = data.split("train")
+    generator = torch.Generator().manual_seed(config.seed)
+    chosen = torch.randperm(len(train), generator=generator)[:examples]
+    clips = torch.stack([train[int(i)][0] for i in chosen])
+    model.eval()
+    return model.decode_prototypes(masks_from=clips), data.frontend

@@ -1,0 +1,114 @@
+"""The training runs behind the experiment notebooks: one per (method, dataset, scale, seed).
+
+Every notebook that needs, say, our supervised model on ``instruments`` at ``small`` scale with
+seed 0 asks :func:`ensure_run` for it: the first asker trains it into
+``runs_dir/small/instruments/ours-supervised-seed0-HASH``, later ones find it finished and
+reuse it (an interrupted run resumes). ``HASH`` digests the run's settings, so a changed
+setting (a new release's scale, another data folder) trains a new run instead of clashing with
+the old one. What each scale means is :data:`SCALE_SETTINGS`:
+
+* ``ci``: a few clips per class and one epoch per stage, seconds per run (notebook tests);
+* ``small``: the default of ``make book``, minutes per run on 2 CPU cores: a subset of each
+  dataset and fixed, short schedules (every curriculum stage is reached);
+* ``paper``: the paper's settings (whole datasets, lr 1e-4, batch 128, patience 10), for a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from hearproto.baselines.trainer import BaselineConfig, train_baseline
+from hearproto.data.registry import data_home
+from hearproto.train import TrainConfig, train
+
+__all__ = ["METHODS", "SCALE_SETTINGS", "default_runs_dir", "run_config", "settings_digest",
+           "ensure_run", "stage_checkpoint"]
+
+#: Every trainable method: our model in both modes and the three baselines.
+METHODS = ("ours-supervised", "ours-unsupervised", "direct", "autoencoder", "apnet")
+
+#: Per scale: ``data`` (dataset size), ``ours`` (TrainConfig fields), and per baseline its
+#: BaselineConfig fields.
+SCALE_SETTINGS: dict[str, dict[str, dict]] = {
+    "ci": {
+        "data": {"limit_per_class": 5},  # 5: one clip per class for val and test
+        "ours": {"stage_epochs": 1, "epochs": 20, "batch_size": 8, "lr": 3e-3,
+                 "compile": False, "beta_init": 200.0},
+        "direct": {"epochs": 1, "batch_size": 8},
+        "autoencoder": {"epochs": 1, "batch_size": 8},
+        "apnet": {"epochs": 1, "batch_size": 8},
+    },
+    "small": {
+        "data": {"limit_per_class": 8},
+        "ours": {"stage_epochs": 2, "epochs": 100, "batch_size": 16, "lr": 1e-3,
+                 "beta_init": 200.0},
+        "direct": {"epochs": 20, "patience": 1000, "batch_size": 16},
+        "autoencoder": {"epochs": 4, "patience": 1000, "batch_size": 16},
+        "apnet": {"epochs": 4, "patience": 1000, "batch_size": 16},
+    },
+    "paper": {
+        "data": {},
+        "ours": {"epochs": 1000, "patience": 10, "batch_size": 128, "lr": 1e-4},
+        "direct": {"epochs": 200, "patience": 20, "batch_size": 32, "lr": 1e-3},
+        "autoencoder": {"epochs": 200, "patience": 20, "batch_size": 32, "lr": 1e-3},
+        "apnet": {"epochs": 200, "patience": 20, "batch_size": 32, "lr": 1e-4},
+    },
+}
+
+
+def default_runs_dir() -> Path:
+    """``$HEARPROTO_RUNS``, else ``runs/`` in the data home (beside the generated data)."""
+    if os.environ.get("HEARPROTO_RUNS"):
+        return Path(os.environ["HEARPROTO_RUNS"]).expanduser()
+    return data_home() / "runs"
+
+
+def run_config(method: str, dataset: str, scale: str, seed: int = 0, root: str | None = None,
+               device: str = "auto", runs_dir: str | os.PathLike | None = None,
+               n_speakers: int | None = 128) -> TrainConfig | BaselineConfig:
+    """The config of ``method`` on ``dataset`` at ``scale``, writing into the shared run
+    directory ``runs_dir/scale/dataset/method-seedS-HASH`` (see :func:`settings_digest`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if scale not in SCALE_SETTINGS:
+        raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALE_SETTINGS)}")
+    settings = SCALE_SETTINGS[scale]
+    common = dict(dataset=dataset, root=root, seed=seed, device=device, n_speakers=n_speakers,
+                  **settings["data"])
+    if method.startswith("ours-"):
+        config = TrainConfig(mode=method.removeprefix("ours-"), **common, **settings["ours"])
+    else:
+        config = BaselineConfig(model=method, **common, **settings[method])
+    config.out = str(Path(runs_dir or default_runs_dir()) / scale / dataset
+                     / f"{method}-seed{seed}-{settings_digest(config)}")
+    return config
+
+
+def settings_digest(config: TrainConfig | BaselineConfig) -> str:
+    """8 hex digits of what makes a run: every setting but where it is written, the device
+    and the thread count (a run may resume elsewhere)."""
+    values = {k: v for k, v in asdict(config).items() if k not in ("out", "device", "threads")}
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def ensure_run(config: TrainConfig | BaselineConfig, progress: bool = True) -> Path:
+    """Train ``config`` unless its run directory already holds the finished run (an
+    unfinished one resumes); returns the run directory."""
+    if isinstance(config, BaselineConfig):
+        train_baseline(config, progress=progress)
+    else:
+        train(config, progress=progress)
+    return Path(config.out)
+
+
+def stage_checkpoint(run: str | os.PathLike, stage: str) -> Path:
+    """The checkpoint saved at the end of ``stage`` of our model's run ``run``."""
+    path = Path(run) / "stages" / f"{stage}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run has not finished its {stage!r} stage; "
+                                "run it longer (a larger --epochs or --max-minutes)")
+    return path

@@ -1,0 +1,100 @@
+"""Shared runs and Tables 1-3: configs per scale, reuse of finished runs, table contents."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hearproto import runs as runs_module
+from hearproto.baselines.trainer import BaselineConfig
+from hearproto.experiments import write_provenance
+from hearproto.paper import paper_table1, paper_table3
+from hearproto.runs import run_config
+from hearproto.tables import table1, table2, table3, write_tables
+from hearproto.train import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def homes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEARPROTO_DATA", str(tmp_path / "home"))
+    monkeypatch.setenv("HEARPROTO_RUNS", str(tmp_path / "runs"))
+    # the 16 kHz tones need the speakers front end; everything else is the real ci scale
+    settings = copy.deepcopy(runs_module.SCALE_SETTINGS)
+    settings["ci"]["data"]["preset"] = "speakers"
+    monkeypatch.setattr(runs_module, "SCALE_SETTINGS", settings)
+
+
+def test_run_config_per_method_and_scale(tmp_path):
+    ours = run_config("ours-unsupervised", "speakers", "small", seed=2)
+    assert isinstance(ours, TrainConfig) and ours.mode == "unsupervised" and ours.seed == 2
+    folder = tmp_path / "runs" / "small" / "speakers"
+    assert ours.out.startswith(str(folder / "ours-unsupervised-seed2-"))
+    assert ours.limit_per_class == 8 and ours.stage_epochs == 2
+    # the same settings give the same folder; another setting or data folder another one
+    assert run_config("ours-unsupervised", "speakers", "small", seed=2, device="cpu").out == ours.out
+    assert run_config("ours-unsupervised", "speakers", "small", seed=2, root="/x").out != ours.out
+    apnet = run_config("apnet", "instruments", "paper", runs_dir=tmp_path / "elsewhere")
+    assert isinstance(apnet, BaselineConfig) and apnet.model == "apnet" and apnet.lr == 1e-4
+    assert apnet.limit_per_class is None and apnet.out.startswith(str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match="unknown method"):
+        run_config("kmeans", "speakers", "ci")
+    with pytest.raises(ValueError, match="unknown scale"):
+        run_config("direct", "speakers", "huge")
+
+
+def test_paper_numbers_are_labelled_by_dataset():
+    assert paper_table1("instruments", "supervised").set_index("stage").loc["ce", "OA"] == 98.9
+    assert paper_table3("speakers").set_index("method").loc["APNet", "OA"] == 97.8
+    assert paper_table1("folder", "supervised").empty
+
+
+def test_tables_train_once_and_carry_provenance(tones, tmp_path):
+    table, rows = table3("folder", "ci", root=str(tones), device="cpu", progress=False)
+    assert list(table["method"]) == ["Direct Classification", "APNet", "Ours supervised"]
+    assert (table["seeds"] == 1).all() and table[["OA", "AA"]].stack().between(0, 100).all()
+    assert pd.isna(table.loc[0, "L_rec"]) and table.loc[2, "L_rec"] > 0
+    assert not any(c.startswith("paper") for c in table.columns)  # no counterpart in the paper
+    assert (rows["split"] == "test").all() and rows["commit"].str.len().min() >= 7
+    assert json.loads(rows.loc[2, "config"])["stage_epochs"] == 1
+
+    last = Path(rows.loc[2, "checkpoint"])  # ours supervised, last.pt
+    stamp = last.stat().st_mtime_ns
+    ablation, ablation_rows = table1("folder", "ci", root=str(tones), device="cpu",
+                                     progress=False)
+    assert last.stat().st_mtime_ns == stamp  # the finished run was reused, not retrained
+    assert list(ablation["mode"]) == ["unsupervised"] * 4 + ["supervised"] * 5
+    assert list(ablation["stage"])[-1] == "+ cross-entropy"
+    assert (ablation_rows["split"] == "val").all()
+
+    clustering, _ = table2("folder", "ci", root=str(tones), device="cpu", progress=False)
+    assert list(clustering["method"]) == ["Autoencoder + K-means", "APNet + K-means",
+                                          "Ours unsupervised"]
+
+    folder = tmp_path / "results" / "ci" / "folder"
+    written = write_tables("table3", table, rows, folder)
+    assert [p.name for p in written] == ["table3.csv", "table3.md", "table3_runs.csv"]
+    assert len(pd.read_csv(folder / "table3_runs.csv")) == 3
+
+
+def test_provenance_records_what_made_the_tables(tones, tmp_path):
+    from hearproto.experiments import NotebookRun
+
+    notebook = tmp_path / "nb.ipynb"
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["hearproto"] = {"wall_seconds": 12.5, "git_commit": "abc"}
+    nbformat.write(nb, notebook)
+    path = write_provenance(tmp_path / "results", "folder",
+                            {"scale": "ci", "dataset": "folder", "data_root": str(tones)},
+                            [NotebookRun("ablation", notebook, executed=True, seconds=12.5)])
+    provenance = json.loads(path.read_text())
+    assert provenance["dataset"]["files"] == 15 and provenance["dataset"]["classes"] == 3
+    assert len(provenance["dataset"]["split_hash"]) >= 8
+    assert provenance["notebooks"]["ablation"]["wall_seconds"] == 12.5
+    assert provenance["torch"] and provenance["device_name"].startswith(("cpu", "cuda"))
+    assert provenance["seeds"]["tables2_3"] == [0]
