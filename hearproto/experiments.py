@@ -185,7 +185,8 @@ def run_experiments(
 
 def write_provenance(folder: Path, dataset: str, parameters: dict,
                      runs: list[NotebookRun]) -> Path:
-    """``folder/provenance.json``: what made the tables beside it (atomically)."""
+    """``folder/provenance.json``: what made the tables beside it (atomically). Notebooks not
+    in ``runs`` keep the entries that an earlier call recorded."""
     import torch
 
     from hearproto.data import prepare_dataset
@@ -201,7 +202,13 @@ def write_provenance(folder: Path, dataset: str, parameters: dict,
                            limit_per_class=settings.get("limit_per_class"),
                            frontend=settings.get("preset"),
                            n_speakers=parameters.get("n_speakers", 128))
+    path = Path(folder) / "provenance.json"
     notebooks = {}
+    if path.is_file():  # keep what earlier runs (e.g. without --only) recorded
+        try:
+            notebooks = json.loads(path.read_text()).get("notebooks", {})
+        except (OSError, json.JSONDecodeError):
+            notebooks = {}
     for run in runs:
         stored = nbformat.read(run.output, as_version=4).metadata.get(METADATA_KEY, {})
         notebooks[run.name] = {"output": run.output.as_posix(),
@@ -220,7 +227,6 @@ def write_provenance(folder: Path, dataset: str, parameters: dict,
         "notebooks": notebooks,
         "total_wall_seconds": round(sum(n["wall_seconds"] or 0 for n in notebooks.values()), 1),
     }
-    path = Path(folder) / "provenance.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(provenance, indent=1, default=str) + "\n")
     return path

@@ -98,3 +98,9 @@ def test_provenance_records_what_made_the_tables(tones, tmp_path):
     assert provenance["notebooks"]["ablation"]["wall_seconds"] == 12.5
     assert provenance["torch"] and provenance["device_name"].startswith(("cpu", "cuda"))
     assert provenance["seeds"]["tables2_3"] == [0]
+    # a later call for one notebook keeps the others' entries
+    write_provenance(tmp_path / "results", "folder",
+                     {"scale": "ci", "dataset": "folder", "data_root": str(tones)},
+                     [NotebookRun("timbre", notebook, executed=True, seconds=3.0)])
+    notebooks = json.loads(path.read_text())["notebooks"]
+    assert set(notebooks) == {"ablation", "timbre"}
