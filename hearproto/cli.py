@@ -27,6 +27,11 @@ def _roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _n_speakers(value: str) -> int | None:
+    """``--n-speakers``: a count, or ``all`` (None)."""
+    return None if value == "all" else int(value)
+
+
 def _experiments_run(args: argparse.Namespace) -> int:
     from hearproto.experiments import run_experiments
 
@@ -37,7 +42,7 @@ def _experiments_run(args: argparse.Namespace) -> int:
     if args.data_root:
         extra["data_root"] = str(Path(args.data_root).resolve())
     if args.n_speakers:
-        extra["n_speakers"] = None if args.n_speakers == "all" else int(args.n_speakers)
+        extra["n_speakers"] = _n_speakers(args.n_speakers)
     results_dir = None if args.checked_outputs_only or args.no_results else Path(args.results_dir)
     runs = run_experiments(
         names=args.only, scale=args.scale, experiments_dir=Path(args.experiments_dir),
@@ -54,7 +59,7 @@ def _experiments_run(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace):
     from hearproto.data import prepare_dataset
 
-    n_speakers = None if args.n_speakers == "all" else int(args.n_speakers)
+    n_speakers = _n_speakers(args.n_speakers)
     return prepare_dataset(
         args.name, root=args.root, limit_per_class=args.limit_per_class, seed=args.seed,
         n_speakers=n_speakers, frontend=args.preset, cache_dir=args.cache_dir,
@@ -95,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
         dataset=args.dataset, root=args.root, out=args.out, max_minutes=args.max_minutes,
         device=args.device, seed=args.seed, threads=args.threads,
         limit_per_class=args.limit_per_class, preset=args.preset,
-        n_speakers=None if args.n_speakers == "all" else int(args.n_speakers),
+        n_speakers=_n_speakers(args.n_speakers),
     )
     # options left out take the defaults of the chosen model's config
     given = {name: getattr(args, name) for name in ("epochs", "patience", "batch_size", "lr")

@@ -37,22 +37,23 @@ TABLE3_METHODS = {"direct": "Direct Classification", "apnet": "APNet",
                   "ours-supervised": "Ours supervised"}
 
 
-def _evaluate(path: Path, split: str, device: str, root: str | None,
-              clustering: bool = False) -> dict:
-    if read_checkpoint(path).get("baseline"):
-        return evaluate_baseline(path, split, device, root, clustering=clustering)
-    return evaluate_checkpoint(path, split, device, root)
-
-
 def evaluate_rows(checkpoints: list[tuple[Path, dict]], split: str, device: str = "auto",
                   root: str | None = None) -> pd.DataFrame:
     """Evaluate each ``(checkpoint, extra)`` on ``split``; ``extra`` may hold ``clustering``
     (baselines) and ``method`` (a label for the row). Rows carry their provenance."""
+    from hearproto.experiments import git_commit  # beside the notebook runner (needs nbformat)
+
     evaluated_on = describe_device(resolve_device(device))
+    commit = git_commit(Path(__file__).resolve().parent)
     rows = []
     for path, extra in checkpoints:
-        scores = _evaluate(path, split, device, root, extra.get("clustering", False))
-        row = result_row(scores, read_checkpoint(path), path, evaluated_on)
+        payload = read_checkpoint(path)
+        if payload.get("baseline"):
+            scores = evaluate_baseline(path, split, device, root,
+                                       clustering=extra.get("clustering", False))
+        else:
+            scores = evaluate_checkpoint(path, split, device, root)
+        row = result_row(scores, payload, path, evaluated_on, commit)
         rows.append({"method": extra.get("method", row["model"]), **row})
     return pd.DataFrame(rows, columns=["method", *RESULT_COLUMNS])
 

@@ -40,7 +40,8 @@ from hearproto.results import describe_device
 
 __all__ = ["RunConfig", "TrainConfig", "train", "load_checkpoint", "clip_errors",
            "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "rng_snapshot",
-           "restore_rng", "refuse_another_run", "data_provenance", "stages_for", "augment"]
+           "restore_rng", "refuse_another_run", "data_provenance", "evaluation_split",
+           "stages_for", "augment"]
 
 CHECKPOINT_FORMAT = 1
 MODES = ("supervised", "unsupervised")
@@ -581,6 +582,15 @@ def checkpoint_dataset(path: str | os.PathLike, payload: dict, config: RunConfig
     return data
 
 
+def evaluation_split(data: PreparedDataset, split: str) -> ClipDataset:
+    """The whole clips of ``split``; a clear error if the split is empty."""
+    target = data.split(split, crop_frames=None)
+    if len(target) == 0:
+        raise ValueError(f"{data.name}: the {split} split is empty (a dataset this small "
+                         "has no clip to spare for it); evaluate on another split")
+    return target
+
+
 def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: str = "auto",
                         root: str | None = None, progress: bool = False) -> dict:
     """OA, AA (percent) and L_rec (x100) of a checkpoint on a split of its dataset."""
@@ -588,10 +598,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: st
     model, payload = load_checkpoint(path, device)
     config = TrainConfig.from_dict(payload["config"])
     data = checkpoint_dataset(path, payload, config, root, progress)
-    target = data.split(split, crop_frames=None)
-    if len(target) == 0:
-        raise ValueError(f"{config.dataset}: the {split} split is empty (a dataset this small "
-                         "has no clip to spare for it); evaluate on another split")
+    target = evaluation_split(data, split)
     mapping = mapping_for(model, config.mode, data.split("train", crop_frames=None), device,
                           config.eval_batch_size)
     errors = clip_errors(model, target, config.eval_batch_size, device, config.k_chunk)

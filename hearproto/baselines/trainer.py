@@ -42,6 +42,7 @@ from hearproto.train import (
     RunConfig,
     checkpoint_dataset,
     data_provenance,
+    evaluation_split,
     read_checkpoint,
     refuse_another_run,
     resolve_device,
@@ -153,14 +154,19 @@ def _checkpoint(model: nn.Module, optimizer, config: BaselineConfig, meta: dict,
 APNET_INIT_CLIPS = 4  # APNet's prototypes start from this many training crops per prototype
 
 
+def _training_crops(train_set: ClipDataset, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` (at most all) random training crops ``(count, T, F)``, drawn with
+    ``generator``."""
+    chosen = torch.randperm(len(train_set), generator=generator)[:count]
+    return torch.stack([train_set[int(i)][0] for i in chosen])
+
+
 def _init_apnet_prototypes(model: APNet, train_set: ClipDataset, seed: int,
                            device: torch.device) -> None:
     """Start APNet's prototypes from encoded training crops (k-means++), reproducibly."""
     generator = torch.Generator().manual_seed(seed)
-    count = min(len(train_set), APNET_INIT_CLIPS * model.n_prototypes)
-    chosen = torch.randperm(len(train_set), generator=generator)[:count]
-    clips = torch.stack([train_set[int(i)][0] for i in chosen]).to(device)
-    model.init_prototypes(clips, generator=generator)
+    clips = _training_crops(train_set, APNET_INIT_CLIPS * model.n_prototypes, generator)
+    model.init_prototypes(clips.to(device), generator=generator)
 
 
 def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
@@ -305,10 +311,7 @@ def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str 
     name = payload["baseline"]
     config = BaselineConfig.from_dict(payload["config"])
     data = checkpoint_dataset(path, payload, config, root, progress)
-    target = data.split(split, crop_frames=None)
-    if len(target) == 0:
-        raise ValueError(f"{config.dataset}: the {split} split is empty (a dataset this small "
-                         "has no clip to spare for it); evaluate on another split")
+    target = evaluation_split(data, split)
     if clustering and name == "direct":
         raise ValueError("Direct Classification has no clustering variant; drop --kmeans")
     clustering = clustering or name == "autoencoder"
@@ -348,9 +351,7 @@ def apnet_prototype_logmels(path: str | os.PathLike, root: str | None = None,
                          "(APNet and our model have)")
     config = BaselineConfig.from_dict(payload["config"])
     data = checkpoint_dataset(path, payload, config, root)
-    train = data.split("train")
-    generator = torch.Generator().manual_seed(config.seed)
-    chosen = torch.randperm(len(train), generator=generator)[:examples]
-    clips = torch.stack([train[int(i)][0] for i in chosen])
+    clips = _training_crops(data.split("train"), examples,
+                            torch.Generator().manual_seed(config.seed))
     model.eval()
     return model.decode_prototypes(masks_from=clips), data.frontend
