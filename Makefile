@@ -19,6 +19,13 @@ REFERENCE_NOTEBOOKS := tests/notebooks
 # JavaScript the book serves itself (offline): pinned in package.json, copied at build time.
 ASSETS := book/_assets
 NPM_QUIET := { grep -v 'Unknown user config "nodedir"' || true; }
+WIDGETS_DIST := node_modules/@jupyter-widgets/html-manager/dist
+# the Font Awesome and icon fonts embed-amd.js loads (by hashed name, beside its modules)
+WIDGETS_FONTS := woff2 woff ttf eot svg
+# Loaded between RequireJS and embed-amd.js (see _config.yml).
+WIDGETS_SETUP := book/_ext/embed-setup.js
+# The book's own style sheet (a wider article column for the grids of players).
+BOOK_CSS := book/_ext/hearproto.css
 
 .PHONY: help install assets book experiments html test unit-tests references clean
 
@@ -41,10 +48,16 @@ $(STAMP): pyproject.toml Makefile
 
 assets: $(ASSETS)/.stamp
 
-$(ASSETS)/.stamp: package.json package-lock.json
-	npm ci --no-audit --no-fund 2>&1 | $(NPM_QUIET)
-	rm -rf $(ASSETS) && mkdir -p $(ASSETS)
+# The ipywidgets embed manager (embed-amd.js carries the controls) with its fonts, RequireJS
+# and the set-up file; _config.yml points myst-nb at them.
+$(ASSETS)/.stamp: package.json package-lock.json $(WIDGETS_SETUP) $(BOOK_CSS)
+	npm ci --no-audit --no-fund --ignore-scripts 2>&1 | $(NPM_QUIET)
+	rm -rf $(ASSETS) && mkdir -p $(ASSETS)/widgets
 	cp -r node_modules/mathjax/es5 $(ASSETS)/mathjax
+	cp node_modules/requirejs/require.js $(WIDGETS_DIST)/embed-amd.js $(ASSETS)/widgets/
+	cp $(addprefix $(WIDGETS_DIST)/*.,$(WIDGETS_FONTS)) $(ASSETS)/widgets/
+	cp $(WIDGETS_SETUP) $(ASSETS)/widgets/embed-setup.js
+	cp $(BOOK_CSS) $(ASSETS)/
 	@touch $@
 
 experiments: install

@@ -1,7 +1,18 @@
 """Run the papermill notebook templates of ``experiments/`` into executed copies in ``book/``.
 
+Three kinds of template, executed in this order:
+
+* :data:`GENERAL` (the introduction, the front end, the data, the explorer): once each, into
+  ``book/NAME.ipynb``;
+* :data:`PER_DATASET` (the paper's tables and figures): once per dataset, into
+  ``book/NAME-DATASET.ipynb``, writing their tables and a ``provenance.json`` to
+  ``results/SCALE/DATASET/``;
+* :data:`SUMMARY` (the Reproduce page): last, into ``book/NAME.ipynb``, because they read what
+  the per-dataset notebooks recorded (``results/SCALE/*/provenance.json``).
+
 An executed copy records a fingerprint of its template, its parameters and the package's
-source; a later run with the same fingerprint reuses it instead of executing again.
+source (for a summary, also of the provenance files it reads); a later run with the same
+fingerprint reuses it instead of executing again.
 """
 
 from __future__ import annotations
@@ -18,22 +29,28 @@ import nbformat
 
 from hearproto.files import atomic_path
 
-__all__ = ["EXPERIMENTS", "GENERAL", "PER_DATASET", "DEFAULT_DATASETS", "SCALES", "NotebookRun",
-           "fingerprint", "run_notebook", "run_experiments", "output_name", "write_provenance"]
+__all__ = ["EXPERIMENTS", "GENERAL", "PER_DATASET", "SUMMARY", "DEFAULT_DATASETS", "SCALES",
+           "NotebookRun", "fingerprint", "run_notebook", "run_experiments", "output_name",
+           "provenance_digest", "write_provenance"]
 
-#: Notebook templates that do not depend on a dataset (executed once each).
-GENERAL: tuple[str, ...] = ("frontend", "datasets")
+#: Notebook templates that do not depend on a dataset (executed once each, first).
+GENERAL: tuple[str, ...] = ("intro", "frontend", "datasets", "explorer")
 #: Notebook templates executed once per dataset, into ``NAME-DATASET.ipynb``.
 PER_DATASET: tuple[str, ...] = ("ablation", "classification", "clustering", "prototypes",
                                 "transformations", "timbre")
-#: Every template, in the order the book presents them.
-EXPERIMENTS: tuple[str, ...] = GENERAL + PER_DATASET
+#: Notebook templates executed once, after all the others: they summarise the provenance the
+#: per-dataset ones wrote (parameters ``scale`` and ``results_dir``, the results root).
+SUMMARY: tuple[str, ...] = ("reproduce",)
+#: Every template, in the order they are executed.
+EXPERIMENTS: tuple[str, ...] = GENERAL + PER_DATASET + SUMMARY
 #: The datasets ``hearproto experiments run`` uses unless told otherwise.
 DEFAULT_DATASETS: tuple[str, ...] = ("instruments", "speakers")
 #: ``ci``: seconds, for tests; ``small``: the default of ``make book``; ``paper``: the paper's.
 SCALES: tuple[str, ...] = ("ci", "small", "paper")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+#: Parameters that only the per-dataset notebooks receive from ``run_experiments``.
+DATASET_PARAMETERS = ("data_root", "n_speakers")
 METADATA_KEY = "hearproto"
 
 
@@ -94,12 +111,14 @@ CHECKED_TAG = "nbval-check-output"
 def run_notebook(
     template: Path, output: Path, parameters: dict, force: bool = False,
     kernel_name: str = "python3", progress: bool = True, checked_outputs_only: bool = False,
+    inputs: str = "",
 ) -> NotebookRun:
     """Execute ``template`` with papermill into ``output`` (written atomically).
 
     Skips the execution when ``output`` already holds the same fingerprint, unless ``force``.
     ``checked_outputs_only`` keeps only the outputs of cells tagged ``nbval-check-output``:
-    a light reference for ``pytest --nbval-lax``, which compares nothing else.
+    a light reference for ``pytest --nbval-lax``, which compares nothing else. ``inputs``
+    digests what else the notebook reads (it joins the fingerprint).
     """
     import papermill
 
@@ -108,6 +127,8 @@ def run_notebook(
         raise FileNotFoundError(f"{template}: no such notebook template")
     name = template.stem
     key = fingerprint(template, parameters, checked_outputs_only)
+    if inputs:
+        key = hashlib.sha256(f"{key}:{inputs}".encode()).hexdigest()
     if not force and output.is_file() and stored_fingerprint(output) == key:
         return NotebookRun(name, output, executed=False, seconds=0.0)
 
@@ -119,6 +140,8 @@ def run_notebook(
         )
         seconds = time.perf_counter() - start
         notebook = nbformat.read(tmp, as_version=4)
+        if name in PER_DATASET and parameters.get("dataset"):
+            name_the_dataset(notebook, str(parameters["dataset"]))
         for cell in notebook.cells:  # the book shows parameters in prose, not as code
             tags = cell.metadata.get("tags", [])
             if "injected-parameters" in tags and "remove-cell" not in tags:
@@ -138,9 +161,44 @@ def run_notebook(
     return NotebookRun(name, output, executed=True, seconds=seconds)
 
 
+def name_the_dataset(notebook: nbformat.NotebookNode, dataset: str) -> None:
+    """Append ``(dataset)`` to the notebook's title (its first ``# `` heading), so that the
+    pages of one template for two datasets differ in the book's navigation."""
+    for cell in notebook.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                if not line.rstrip().endswith(f"({dataset})"):
+                    lines[i] = f"{line.rstrip()} ({dataset})"
+                    cell.source = "\n".join(lines)
+                return
+
+
 def output_name(name: str, dataset: str | None) -> str:
     """The executed copy's file stem: ``name`` or, per dataset, ``name-dataset``."""
-    return name if name in GENERAL else f"{name}-{dataset}"
+    return f"{name}-{dataset}" if name in PER_DATASET else name
+
+
+def provenance_digest(results_root: Path | None, scale: str) -> str:
+    """A digest of ``results_root/scale/*/provenance.json`` (what a summary notebook reads),
+    without the entries that change on every run (``executed_now``)."""
+    if results_root is None:
+        return ""
+    digest = hashlib.sha256()
+    for path in sorted(Path(results_root).glob(f"{scale}/*/provenance.json")):
+        try:
+            provenance = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            provenance = None
+        if isinstance(provenance, dict):
+            for entry in (provenance.get("notebooks") or {}).values():
+                if isinstance(entry, dict):
+                    entry.pop("executed_now", None)
+        digest.update(path.parent.name.encode())
+        digest.update(json.dumps(provenance, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def run_experiments(
@@ -150,8 +208,10 @@ def run_experiments(
     results_dir: Path | None = None, progress: bool = True,
 ) -> list[NotebookRun]:
     """Execute the named experiment notebooks (all by default) at ``scale``: the general ones
-    once, the others once per dataset. With ``results_dir``, the notebooks write their tables
-    to ``results_dir/scale/dataset/`` and each such folder gets a ``provenance.json``."""
+    once, the per-dataset ones once per dataset, then the summaries. With ``results_dir``, the
+    notebooks write their tables to ``results_dir/scale/dataset/``, each such folder gets a
+    ``provenance.json``, and the summaries read them (their ``results_dir`` parameter is the
+    root, ``results_dir`` itself; without it they look in the repository's ``results/``)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     names = list(EXPERIMENTS) if not names else names
@@ -160,10 +220,13 @@ def run_experiments(
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
     datasets = list(DEFAULT_DATASETS) if not datasets else datasets
     base = {"scale": scale, **(extra_parameters or {})}
+    # a data folder and a speaker count belong to the per-dataset notebooks' dataset; the
+    # general ones show the built-in datasets
+    general = {k: v for k, v in base.items() if k not in DATASET_PARAMETERS}
     runs = []
     for name in (n for n in EXPERIMENTS if n in names and n in GENERAL):
         runs.append(run_notebook(
-            Path(experiments_dir) / f"{name}.ipynb", Path(output_dir) / f"{name}.ipynb", base,
+            Path(experiments_dir) / f"{name}.ipynb", Path(output_dir) / f"{name}.ipynb", general,
             force=force, checked_outputs_only=checked_outputs_only, progress=progress))
     for dataset in datasets:
         parameters = {**base, "dataset": dataset}
@@ -180,7 +243,25 @@ def run_experiments(
         if folder is not None and done:
             write_provenance(folder, dataset, parameters, done)
         runs += done
+    for name in (n for n in EXPERIMENTS if n in names and n in SUMMARY):
+        parameters, root = dict(general), None
+        if results_dir is not None:
+            root = Path(results_dir).resolve()
+            parameters["results_dir"] = str(root)
+        runs.append(run_notebook(
+            Path(experiments_dir) / f"{name}.ipynb", Path(output_dir) / f"{name}.ipynb",
+            parameters, force=force, checked_outputs_only=checked_outputs_only,
+            progress=progress, inputs=_summary_inputs(root, scale, Path(output_dir))))
     return runs
+
+
+def _summary_inputs(results_root: Path | None, scale: str, output_dir: Path) -> str:
+    """What a summary notebook reads besides its parameters: the provenance files and the wall
+    times of the general notebooks executed beside it."""
+    from hearproto.results import executed_seconds
+
+    general = executed_seconds(output_dir, GENERAL, scale).to_dict()
+    return provenance_digest(results_root, scale) + json.dumps(general, sort_keys=True)
 
 
 def write_provenance(folder: Path, dataset: str, parameters: dict,

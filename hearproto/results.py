@@ -4,6 +4,8 @@ A row is one evaluation of one checkpoint: the scores (OA, AA in percent, L_rec 
 what produced them: the model, dataset, split and stage, the training run's seed, epochs and
 wall time, the device it trained on, the git commit and the run's full config (JSON).
 :func:`append_rows` adds rows to a CSV file atomically, so a reader never sees half a table.
+:func:`read_provenance`, :func:`timings_table` and :func:`provenance_table` read back the
+``provenance.json`` files that ``hearproto experiments run`` writes beside the tables.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import torch
 
 from hearproto.files import atomic_path
 
-__all__ = ["RESULT_COLUMNS", "describe_device", "result_row", "append_rows", "write_table"]
+__all__ = ["RESULT_COLUMNS", "describe_device", "result_row", "append_rows", "write_table",
+           "repository_root", "read_provenance", "timings_table", "provenance_table",
+           "executed_seconds"]
 
 RESULT_COLUMNS = [
     "model", "mode", "dataset", "split", "stage", "OA", "AA", "L_rec", "clips",
@@ -85,3 +89,91 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     with atomic_path(path.with_suffix(".md")) as tmp:
         shown = table.astype(object).where(table.notna(), None)  # NaN shows as missing
         tmp.write_text(shown.to_markdown(index=False, floatfmt=formats, missingval="—") + "\n")
+
+
+def repository_root(start: str | os.PathLike | None = None) -> Path:
+    """The hearproto repository holding ``start`` (default: the working directory), found by
+    walking up to a folder with ``pyproject.toml`` and ``experiments/``; else the folder above
+    the installed package (an editable install), else ``start`` itself."""
+    start = Path.cwd() if start is None else Path(start)
+    for folder in (start.resolve(), *start.resolve().parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "experiments").is_dir():
+            return folder
+    package_parent = Path(__file__).resolve().parents[1]
+    if (package_parent / "pyproject.toml").is_file():
+        return package_parent
+    return start.resolve()
+
+
+def read_provenance(results_root: str | os.PathLike | None, scale: str) -> dict[str, dict]:
+    """``{dataset: provenance}`` from ``results_root/scale/*/provenance.json``, datasets sorted
+    by name; empty when the folder or the files are missing. Unreadable files are skipped."""
+    if results_root is None:
+        return {}
+    found = {}
+    for path in sorted(Path(results_root).glob(f"{scale}/*/provenance.json")):
+        try:
+            provenance = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(provenance, dict):
+            found[path.parent.name] = provenance
+    return found
+
+
+def timings_table(results_root: str | os.PathLike | None, scale: str) -> pd.DataFrame:
+    """Wall time in seconds of every notebook (rows) per dataset (columns), as recorded in
+    ``results_root/scale/*/provenance.json``, with a ``total`` row and a ``total`` column.
+    Notebooks in the runner's order; NaN where a dataset has no time for a notebook. Empty
+    (no rows, no columns) when there is no provenance file."""
+    from hearproto.experiments import EXPERIMENTS
+
+    provenance = read_provenance(results_root, scale)
+    seconds = {}
+    for dataset, record in provenance.items():
+        notebooks = record.get("notebooks") or {}
+        seconds[dataset] = {name: float(entry["wall_seconds"]) for name, entry in notebooks.items()
+                            if isinstance(entry, dict) and entry.get("wall_seconds") is not None}
+    table = pd.DataFrame(seconds, dtype=float)
+    if table.empty:
+        return pd.DataFrame(dtype=float)
+    order = [n for n in EXPERIMENTS if n in table.index] + sorted(
+        n for n in table.index if n not in EXPERIMENTS)
+    table = table.reindex(order)
+    table.index.name = "notebook"
+    table.columns.name = "dataset"
+    table["total"] = table.sum(axis=1, min_count=1)
+    table.loc["total"] = table.sum(axis=0, min_count=1)
+    return table
+
+
+def provenance_table(results_root: str | os.PathLike | None, scale: str) -> pd.DataFrame:
+    """One row per dataset of ``results_root/scale/``: where and with what its results were
+    made (device, torch, Python, git commit, the dataset's files, classes and split hash)."""
+    rows = []
+    for dataset, record in read_provenance(results_root, scale).items():
+        data = record.get("dataset") or {}
+        rows.append({"dataset": dataset, "device": record.get("device_name") or record.get("device"),
+                     "torch": record.get("torch"), "python": record.get("python"),
+                     "git commit": record.get("git_commit"), "files": data.get("files"),
+                     "classes": data.get("classes"), "split hash": data.get("split_hash")})
+    columns = ["dataset", "device", "torch", "python", "git commit", "files", "classes",
+               "split hash"]
+    return pd.DataFrame(rows, columns=columns).set_index("dataset")
+
+
+def executed_seconds(book_dir: str | os.PathLike, names, scale: str) -> pd.Series:
+    """Wall time in seconds of the executed notebooks ``book_dir/NAME.ipynb`` (the general
+    ones, which no ``provenance.json`` records), as the runner stored it in their metadata;
+    only those executed at ``scale``. Indexed by name; missing ones are left out."""
+    seconds = {}
+    for name in names:
+        path = Path(book_dir) / f"{name}.ipynb"
+        try:
+            metadata = json.loads(path.read_text()).get("metadata", {}).get("hearproto", {})
+        except (OSError, ValueError):
+            continue
+        if metadata.get("parameters", {}).get("scale") == scale and \
+                metadata.get("wall_seconds") is not None:
+            seconds[name] = float(metadata["wall_seconds"])
+    return pd.Series(seconds, dtype=float, name="seconds").rename_axis("notebook")

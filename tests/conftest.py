@@ -1,7 +1,10 @@
-"""Shared fixtures: small synthetic datasets that any working model separates."""
+"""Shared fixtures: small synthetic datasets that any working model separates, and the book
+built once per test session."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 import soundfile as sf
 
 SR = 16_000
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def harmonic(f0: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -17,13 +21,37 @@ def harmonic(f0: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
     return (0.2 * wave * rng.uniform(0.5, 1.0)).astype(np.float32)
 
 
-@pytest.fixture
-def tones(tmp_path) -> Path:
-    """Three classes, far apart in pitch and timbre: any working model separates them."""
-    root = tmp_path / "tones"
+def write_tones(root: Path, names: tuple[str, str, str] = ("low", "mid", "high")) -> Path:
+    """Three classes of 10 clips in ``root`` (folders ``names``, lowest first), far apart in
+    pitch and timbre: any working model separates them."""
     rng = np.random.default_rng(0)
-    for label, f0 in (("low", 150.0), ("mid", 600.0), ("high", 2400.0)):
+    for label, f0 in zip(names, (150.0, 600.0, 2400.0)):
         (root / label).mkdir(parents=True)
         for i in range(10):
             sf.write(root / label / f"{i}.wav", harmonic(f0 * rng.uniform(0.97, 1.03), 0.6, rng), SR)
     return root
+
+
+@pytest.fixture
+def tones(tmp_path) -> Path:
+    """The three separable classes of :func:`write_tones`."""
+    return write_tones(tmp_path / "tones")
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """The book built (once per session) from the executed notebooks in book/, as `make html`
+    builds it but into a temporary folder: the `_build/html` folder."""
+    assert (ROOT / "book" / "_assets" / ".stamp").is_file(), (
+        "book/_assets is missing: run `make assets` (the book serves its JavaScript itself)")
+    output = tmp_path_factory.mktemp("book")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run(
+        [jupyter_book, "build", "book", "--config", "_config.yml", "--path-output", output,
+         "--warningiserror", "--keep-going"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    html = output / "_build" / "html"
+    assert (html / "index.html").is_file()
+    return html

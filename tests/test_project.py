@@ -53,12 +53,32 @@ def test_tinysoundfont_is_installed_as_the_error_message_says():
     assert TINYSOUNDFONT_HINT in (ROOT / "environment.yml").read_text()
 
 
+README_RUN = Path("runs/inst-sup")  # the run the README's shell examples train
+
+
+def train_readme_run(tmp_path: Path) -> None:
+    """A small stand-in for the README's `hearproto train ... --out runs/inst-sup`: a few
+    epochs on three separable classes that carry instrument names."""
+    from conftest import write_tones
+
+    from hearproto.train import TrainConfig, train
+
+    root = write_tones(tmp_path / "sounds", names=("cello", "violin", "piccolo"))
+    train(TrainConfig(dataset="folder", root=str(root), out=str(tmp_path / README_RUN),
+                      mode="supervised", epochs=3, preset="speakers", compile=False,
+                      patience=1, batch_size=8, lr=3e-3, k_chunk=2, seed=0,
+                      eval_batch_size=16), progress=False)
+
+
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert blocks, "the README should show the Python API"
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HEARPROTO_DATA", str(tmp_path / "home"))
     for block in blocks:
+        if str(README_RUN) in block:
+            train_readme_run(tmp_path)
         exec(compile(block, "README.md", "exec"), {})
 
 
