@@ -90,15 +90,21 @@ def stored_fingerprint(notebook: Path) -> str | None:
     return metadata.get(METADATA_KEY, {}).get("fingerprint")
 
 
+#: What the runner itself writes: changes there do not make the sources dirty.
+OUTPUT_PATHSPECS = (":(top,exclude)book/*.ipynb", ":(top,exclude)results",
+                    ":(top,exclude)tests/notebooks")
+
+
 def git_commit(cwd: Path | None = None) -> str:
-    """Current commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    """Current commit, with ``-dirty`` if a tracked source file has changes (the executed
+    notebooks and the results the runner is writing do not count), or ``unknown``."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-            capture_output=True, text=True, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+             *OUTPUT_PATHSPECS], cwd=cwd, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

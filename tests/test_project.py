@@ -162,3 +162,25 @@ def test_experiments_cli_wants_one_dataset_with_a_data_root(capsys):
     assert cli.main(["experiments", "run", "--data-root", "/nowhere", "--datasets",
                      "instruments,speakers"]) == 2
     assert "--data-root needs exactly one dataset" in capsys.readouterr().err
+
+
+def test_git_commit_is_dirty_for_sources_not_for_outputs(tmp_path):
+    from hearproto.experiments import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "book").mkdir()
+    (tmp_path / "results").mkdir()
+    for name in ("book/page.ipynb", "results/table.csv", "source.py"):
+        (tmp_path / name).write_text("1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    clean = git_commit(tmp_path / "book")
+    assert re.fullmatch(r"[0-9a-f]{40}", clean)
+    (tmp_path / "book" / "page.ipynb").write_text("2\n")
+    (tmp_path / "results" / "table.csv").write_text("2\n")
+    assert git_commit(tmp_path / "book") == clean  # the runner's own outputs
+    (tmp_path / "source.py").write_text("2\n")
+    assert git_commit(tmp_path / "book") == clean + "-dirty"
