@@ -9,11 +9,12 @@ assigns clips to prototypes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import kmeans_plusplus
+from sklearn.cluster import KMeans, kmeans_plusplus
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
@@ -27,7 +28,12 @@ from hearproto.transforms import (
     reconstruction_error,
 )
 
-__all__ = ["TRANSFORMATIONS", "PrototypeModel", "Transformations", "init_prototypes"]
+__all__ = ["BETA_PARAMETRISATIONS", "UNSUPERVISED_INITS", "TRANSFORMATIONS", "PrototypeModel", "Transformations",
+           "init_prototypes"]
+
+#: How the trainable ``b`` gives the inverse temperature: the paper's ``softplus(b)``, or
+#: ``exp(b)`` (log space: steps of Adam change beta by a fixed ratio, not a fixed amount).
+BETA_PARAMETRISATIONS = ("softplus", "log")
 
 #: In the order the curriculum switches them on (and the order they are applied).
 TRANSFORMATIONS = ("gain", "pitch", "filters")
@@ -126,17 +132,28 @@ class Transformations:
         return Transformations(*(None if p is None else p[:, :, :length]
                                  for p in (self.pitch, self.gain, self.filters)))
 
+    def frames(self, frames: slice) -> "Transformations":
+        """The parameters of the time steps ``frames`` only."""
+        return Transformations(*(None if p is None else p[:, :, frames]
+                                 for p in (self.pitch, self.gain, self.filters)))
+
 
 class PrototypeModel(nn.Module):
     """K prototypes ``(K, F)``, a shared encoder, one decoder per transformation family, and
-    the learnable inverse temperature ``beta = softplus(b)`` of the supervised loss.
+    the learnable inverse temperature ``beta`` of the supervised loss: ``softplus(b)`` (the
+    paper) or ``exp(b)`` (``beta_parametrisation="log"``).
 
     ``active`` (a set of names from :data:`TRANSFORMATIONS`) is part of the model's state:
     the curriculum switches transformations on one by one.
     """
 
-    def __init__(self, num_prototypes: int, frontend: FrontEnd, beta_init: float = -4.0) -> None:
+    def __init__(self, num_prototypes: int, frontend: FrontEnd, beta_init: float = -4.0,
+                 beta_parametrisation: str = "softplus") -> None:
         super().__init__()
+        if beta_parametrisation not in BETA_PARAMETRISATIONS:
+            raise ValueError(f"beta_parametrisation must be one of {BETA_PARAMETRISATIONS}, "
+                             f"got {beta_parametrisation!r}")
+        self.beta_parametrisation = beta_parametrisation
         self.frontend = frontend
         self.num_prototypes = num_prototypes
         self.prototypes = nn.Parameter(torch.full((num_prototypes, frontend.n_mels), 0.5))
@@ -162,7 +179,17 @@ class PrototypeModel(nn.Module):
 
     @property
     def beta(self) -> Tensor:
+        if self.beta_parametrisation == "log":
+            return self.beta_raw.exp()
         return nnf.softplus(self.beta_raw)
+
+    @torch.no_grad()
+    def set_beta(self, value: float) -> None:
+        """Set the inverse temperature to ``value`` > 0 (inverting the parametrisation)."""
+        if not value > 0:
+            raise ValueError(f"beta must be positive, got {value}")
+        b = math.log(value) if self.beta_parametrisation == "log" else _inverse_softplus(value)
+        self.beta_raw.fill_(b)
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -185,23 +212,32 @@ class PrototypeModel(nn.Module):
         )
         return params.crop(length)
 
-    def errors(self, x: Tensor, k_chunk: int | None = 8, compiled: bool = False
-               ) -> tuple[Tensor, Transformations]:
+    def errors(self, x: Tensor, k_chunk: int | None = 8, compiled: bool = False,
+               frames: slice | None = None) -> tuple[Tensor, Transformations]:
         """Reconstruction error of every clip by every prototype, ``(B, K)`` (mean over T and
         F of the squared error), and the transformations used, without materialising all
-        ``(B, K, T, F)`` reconstructions at once (``compiled``: fused by torch.compile)."""
+        ``(B, K, T, F)`` reconstructions at once (``compiled``: fused by torch.compile).
+        ``frames`` (e.g. ``slice(1, None, 4)``): the error of those time steps only, an
+        unbiased estimate of the whole error at a fraction of the cost (the encoder still reads
+        every frame)."""
         params = self.transformations(x)
+        if frames is not None:
+            x, params = x[:, frames], params.frames(frames)
         errors = reconstruction_error(
             x, self.prototypes, pitch=params.pitch, gain=params.gain, filters=params.filters,
             constants=self.bins.to(x.device), k_chunk=k_chunk, compiled=compiled,
         )
         return errors, params
 
-    def target_errors(self, x: Tensor, targets: Tensor, compiled: bool = False) -> Tensor:
+    def target_errors(self, x: Tensor, targets: Tensor, compiled: bool = False,
+                      frames: slice | None = None) -> Tensor:
         """Reconstruction error of each clip by one prototype of its own, ``targets`` ``(B,)``
         (the class prototype in supervised training): ``(B,)``. Equals
-        ``errors(x)[0].gather(1, targets[:, None])`` at a K-th of the cost."""
+        ``errors(x)[0].gather(1, targets[:, None])`` at a K-th of the cost (``frames`` as in
+        :meth:`errors`)."""
         params = self.transformations(x)
+        if frames is not None:
+            x, params = x[:, frames], params.frames(frames)
         rows = torch.arange(x.shape[0], device=x.device)
         chosen = [None if p is None else p[rows, targets][:, None]
                   for p in (params.pitch, params.gain, params.filters)]
@@ -226,13 +262,27 @@ class PrototypeModel(nn.Module):
         return self.errors(x)[0]
 
 
+def _inverse_softplus(value: float) -> float:
+    """b with softplus(b) = value, stable for large values."""
+    return value + math.log(-math.expm1(-value))
+
+
+#: How unsupervised prototypes start: K clips picked k-means++-style (the paper's code), or
+#: the centres of K-means on the clips with their mean level removed (then put back at the
+#: average level), so that clusters follow spectral shape rather than loudness.
+UNSUPERVISED_INITS = ("kmeans++", "level-kmeans")
+
+
 @torch.no_grad()
 def init_prototypes(model: PrototypeModel, clip_means: np.ndarray, labels: np.ndarray | None,
-                    seed: int, noise: float = 0.01) -> None:
+                    seed: int, noise: float = 0.01, method: str = "kmeans++") -> None:
     """Initialise the prototypes from the data ``clip_means`` ``(N, F)`` (time-averaged
     training clips): supervised (``labels`` given), prototype k starts at the mean of class k;
-    unsupervised, K clips chosen k-means++-style. Then ``noise``·N(0, 1) is added."""
+    unsupervised, by ``method`` (see :data:`UNSUPERVISED_INITS`). Then ``noise``·N(0, 1) is
+    added."""
     k = model.num_prototypes
+    if method not in UNSUPERVISED_INITS:
+        raise ValueError(f"method must be one of {UNSUPERVISED_INITS}, got {method!r}")
     if labels is not None:
         centres = np.stack([clip_means[labels == c].mean(0) if np.any(labels == c)
                             else clip_means.mean(0) for c in range(k)])
@@ -240,8 +290,13 @@ def init_prototypes(model: PrototypeModel, clip_means: np.ndarray, labels: np.nd
         if len(clip_means) < k:
             raise ValueError(f"{k} prototypes need at least {k} training clips, "
                              f"got {len(clip_means)}")
-        centres, _ = kmeans_plusplus(clip_means.astype(np.float64), n_clusters=k,
-                                     random_state=seed)
+        means = clip_means.astype(np.float64)
+        if method == "kmeans++":
+            centres, _ = kmeans_plusplus(means, n_clusters=k, random_state=seed)
+        else:
+            levels = means.mean(axis=1, keepdims=True)
+            shapes = KMeans(k, n_init=10, random_state=seed).fit(means - levels)
+            centres = shapes.cluster_centers_ + levels.mean()
     generator = torch.Generator().manual_seed(seed)
     values = torch.as_tensor(centres, dtype=torch.float32)
     values += noise * torch.randn(values.shape, generator=generator)

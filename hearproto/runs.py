@@ -10,7 +10,8 @@ the old one. What each scale means is :data:`SCALE_SETTINGS`:
 * ``ci``: a few clips per class and one epoch per stage, seconds per run (notebook tests);
 * ``small``: the default of ``make book``, minutes per run on 2 CPU cores: a subset of each
   dataset and fixed, short schedules (every curriculum stage is reached);
-* ``paper``: the paper's settings (whole datasets, lr 1e-4, batch 128, patience 10), for a GPU.
+* ``paper``: the paper's recipe (whole datasets, lr 1e-4, batch 128, patience 10, beta from
+  softplus(-4); :data:`hearproto.train.RECIPES`), for a GPU.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ SCALE_SETTINGS: dict[str, dict[str, dict]] = {
     },
     "paper": {
         "data": {},
-        "ours": {"epochs": 1000, "patience": 10, "batch_size": 128, "lr": 1e-4},
+        "ours": {"recipe": "paper", "epochs": 1000},
         "direct": {"epochs": 200, "patience": 20, "batch_size": 32, "lr": 1e-3},
         "autoencoder": {"epochs": 200, "patience": 20, "batch_size": 32, "lr": 1e-3},
         "apnet": {"epochs": 200, "patience": 20, "batch_size": 32, "lr": 1e-4},
@@ -80,7 +81,9 @@ def run_config(method: str, dataset: str, scale: str, seed: int = 0, root: str |
     common = dict(dataset=dataset, root=root, seed=seed, device=device, n_speakers=n_speakers,
                   **settings["data"])
     if method.startswith("ours-"):
-        config = TrainConfig(mode=method.removeprefix("ours-"), **common, **settings["ours"])
+        ours = dict(settings["ours"])
+        config = TrainConfig.from_recipe(ours.pop("recipe", "default"),
+                                         mode=method.removeprefix("ours-"), **common, **ours)
     else:
         config = BaselineConfig(model=method, **common, **settings[method])
     config.out = str(Path(runs_dir or default_runs_dir()) / scale / dataset

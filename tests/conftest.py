@@ -32,6 +32,42 @@ def write_tones(root: Path, names: tuple[str, str, str] = ("low", "mid", "high")
     return root
 
 
+def timbre(f0: float, weights: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A harmonic tone whose h-th harmonic has amplitude ``weights[h - 1]``, at a random level."""
+    t = np.arange(int(seconds * SR)) / SR
+    wave = sum(w * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6))
+               for h, w in enumerate(weights, start=1) if f0 * h < SR / 2)
+    wave = wave / np.abs(wave).max()
+    return (wave * 10 ** rng.uniform(-1.5, -0.3)).astype(np.float32)
+
+
+#: Harmonic profiles of the timbre classes: bright (1/h), dark (1/h^2), hollow (odd harmonics).
+TIMBRES = {
+    "bright": 1.0 / np.arange(1, 13),
+    "dark": 1.0 / np.arange(1, 13) ** 2,
+    "hollow": np.where(np.arange(1, 13) % 2 == 1, 1.0 / np.arange(1, 13), 0.0),
+}
+
+
+def write_timbres(root: Path, clips: int = 16, seed: int = 0) -> Path:
+    """Three classes that differ in timbre only (:data:`TIMBRES`), each played at random
+    pitches over the same two octaves and at random levels: pitch and loudness say nothing of
+    the class, so a model has to learn the spectral shapes."""
+    rng = np.random.default_rng(seed)
+    for label, weights in TIMBRES.items():
+        (root / label).mkdir(parents=True)
+        for i in range(clips):
+            f0 = 200.0 * 2 ** rng.uniform(0, 2)
+            sf.write(root / label / f"{i}.wav", timbre(f0, weights, 0.6, rng), SR)
+    return root
+
+
+@pytest.fixture
+def timbres(tmp_path) -> Path:
+    """The three timbre classes of :func:`write_timbres`."""
+    return write_timbres(tmp_path / "timbres")
+
+
 @pytest.fixture
 def tones(tmp_path) -> Path:
     """The three separable classes of :func:`write_tones`."""

@@ -123,3 +123,56 @@ def test_initialisation_from_data():
     assert levels == pytest.approx([0.2, 0.5, 0.8], abs=0.02)
     with pytest.raises(ValueError, match="at least 5 training clips"):
         init_prototypes(PrototypeModel(5, PRESETS["speakers"]), means[:4], None, seed=0)
+
+
+def test_level_kmeans_initialisation_follows_shape_not_loudness():
+    # three spectral shapes, each at three loudness levels: by plain distance the levels
+    # dominate; with the level removed, each prototype is one shape
+    rng = np.random.default_rng(0)
+    f = np.linspace(0, 1, 128)
+    shapes = [0.2 * np.sin(2 * np.pi * f * n) for n in (1, 2, 3)]
+    means, labels = [], []
+    for label, shape in enumerate(shapes):
+        for level in (0.2, 0.5, 0.8):
+            means.append(shape + level + rng.normal(0, 0.01, size=(5, 128)))
+            labels += [label] * 5
+    means, labels = np.concatenate(means), np.array(labels)
+    model = PrototypeModel(3, PRESETS["speakers"])
+    init_prototypes(model, means, None, seed=0, method="level-kmeans")
+    centred = model.prototypes.detach().numpy()
+    centred = centred - centred.mean(1, keepdims=True)
+    matched = sorted(int(np.argmax([c @ s for s in shapes])) for c in centred)
+    assert matched == [0, 1, 2]  # one prototype per shape
+    assert model.prototypes.mean().item() == pytest.approx(0.5, abs=0.02)  # the average level
+    init_prototypes(model, means, None, seed=0, method="kmeans++")
+    with pytest.raises(ValueError, match="method must be one of"):
+        init_prototypes(model, means, None, seed=0, method="random")
+
+
+def test_beta_parametrisations_round_trip():
+    for parametrisation in ("softplus", "log"):
+        model = PrototypeModel(3, PRESETS["speakers"], beta_parametrisation=parametrisation)
+        for value in (0.018, 1.0, 2500.0):
+            model.set_beta(value)
+            assert float(model.beta.detach()) == pytest.approx(value, rel=1e-5)
+    assert float(PrototypeModel(3, PRESETS["speakers"]).beta.detach()) == pytest.approx(0.01815, rel=1e-3)
+    with pytest.raises(ValueError, match="beta_parametrisation"):
+        PrototypeModel(3, PRESETS["speakers"], beta_parametrisation="tanh")
+    with pytest.raises(ValueError, match="positive"):
+        model.set_beta(0.0)
+
+
+def test_errors_on_strided_frames_estimate_the_whole_error():
+    torch.manual_seed(0)
+    model = PrototypeModel(4, PRESETS["speakers"])
+    for name in ("gain", "pitch"):
+        model.activate(name)
+    model.eval()
+    x = torch.rand(2, 64, 128)
+    whole = model.errors(x, k_chunk=None)[0]
+    parts = torch.stack([model.errors(x, k_chunk=None, frames=slice(o, None, 4))[0]
+                         for o in range(4)])
+    torch.testing.assert_close(parts.mean(0), whole)  # the four phases average to the whole
+    targets = torch.tensor([1, 3])
+    torch.testing.assert_close(model.target_errors(x, targets, frames=slice(2, None, 4)),
+                               parts[2].gather(1, targets[:, None])[:, 0])

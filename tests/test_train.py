@@ -25,12 +25,14 @@ def data_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HEARPROTO_DATA", str(tmp_path / "home"))
 
 
-def config(root: Path, out: Path, **changes) -> TrainConfig:
+def config(root: Path, out: Path, recipe: str = "paper", **changes) -> TrainConfig:
+    """A quick run on a tiny dataset: the paper recipe's curriculum (stages end on patience)
+    with a larger learning rate and small batches."""
     values = dict(dataset="folder", root=str(root), out=str(out), mode="supervised", epochs=4,
                   preset="speakers", compile=False,
                   patience=1, batch_size=8, lr=3e-3, k_chunk=2, seed=0, eval_batch_size=16)
     values.update(changes)
-    return TrainConfig(**values)
+    return TrainConfig.from_recipe(recipe, **values)
 
 
 def test_losses():
