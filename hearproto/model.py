@@ -28,8 +28,8 @@ from hearproto.transforms import (
     reconstruction_error,
 )
 
-__all__ = ["BETA_PARAMETRISATIONS", "UNSUPERVISED_INITS", "TRANSFORMATIONS", "PrototypeModel", "Transformations",
-           "init_prototypes"]
+__all__ = ["BETA_PARAMETRISATIONS", "UNSUPERVISED_INITS", "TRANSFORMATIONS", "PrototypeModel",
+           "Transformations", "init_prototypes"]
 
 #: How the trainable ``b`` gives the inverse temperature: the paper's ``softplus(b)``, or
 #: ``exp(b)`` (log space: steps of Adam change beta by a fixed ratio, not a fixed amount).

@@ -7,9 +7,11 @@ One :class:`TrainConfig` describes a run; :func:`train` runs it into ``config.ou
 - ``last.pt`` the latest state (every epoch), from which a killed run resumes exactly.
 
 Curriculum (DESIGN.md): raw prototypes -> + gain -> + pitch -> + filters (-> + cross-entropy
-when supervised) -> learning rate / 10; a stage ends when the training loss has not improved
-for ``patience`` epochs. When a transformation is switched on, the encoder and its decoder
-warm up linearly from ``lr * 1e-3`` to ``lr``.
+when supervised) -> learning rate / 10. Under the ``paper`` recipe a stage ends when the
+training loss has not improved for ``patience`` epochs; under the ``default`` recipe each stage
+lasts a fixed number of optimiser steps (:data:`RECIPES`, docs/training.md). When a
+transformation is switched on, the encoder and its decoder warm up linearly from ``lr * 1e-3``
+to ``lr``.
 """
 
 from __future__ import annotations
@@ -97,17 +99,17 @@ class RunConfig:
 RECIPES: dict[str, dict] = {
     "paper": {
         "lr": 1e-4, "batch_size": 128, "patience": 10, "stage_steps": None,
+        "raw_stage_steps": None, "ce_stage_steps": None, "val_every": 1,
         "beta_init": -4.0, "beta_parametrisation": "softplus", "beta_calibration": False,
-        "lambda_ce": 0.01, "error_stride": 1, "ce_warmup": False, "ce_stage_steps": None, "ce_lr_factor": 1.0, "augment": True,
-        "raw_stage_steps": None, "val_every": 1,
-        "unsupervised_init": "kmeans++",
+        "lambda_ce": 0.01, "ce_warmup": False, "ce_lr_factor": 1.0,
+        "error_stride": 1, "augment": True, "unsupervised_init": "kmeans++",
     },
     "default": {
         "lr": 1e-3, "batch_size": 32, "patience": 10, "stage_steps": 150,
+        "raw_stage_steps": 0, "ce_stage_steps": 900, "val_every": 4,
         "beta_init": -4.0, "beta_parametrisation": "log", "beta_calibration": True,
-        "lambda_ce": 0.01, "error_stride": 4, "ce_warmup": True, "ce_stage_steps": 900, "ce_lr_factor": 0.1, "augment": False,
-        "raw_stage_steps": 0, "val_every": 4,
-        "unsupervised_init": "level-kmeans",
+        "lambda_ce": 0.01, "ce_warmup": True, "ce_lr_factor": 0.1,
+        "error_stride": 4, "augment": False, "unsupervised_init": "level-kmeans",
     },
 }
 

@@ -41,23 +41,27 @@ def timbre(f0: float, weights: np.ndarray, seconds: float, rng: np.random.Genera
     return (wave * 10 ** rng.uniform(-1.5, -0.3)).astype(np.float32)
 
 
-#: Harmonic profiles of the timbre classes: bright (1/h), dark (1/h^2), hollow (odd harmonics).
+#: Harmonic amplitudes of the timbre classes: three spectral tilts, which the frequency
+#: filters can imitate (so that every prototype fits every class once they are on).
 TIMBRES = {
-    "bright": 1.0 / np.arange(1, 13),
-    "dark": 1.0 / np.arange(1, 13) ** 2,
-    "hollow": np.where(np.arange(1, 13) % 2 == 1, 1.0 / np.arange(1, 13), 0.0),
+    "bright": 1.0 / np.arange(1, 13) ** 0.5,
+    "mellow": 1.0 / np.arange(1, 13) ** 1.5,
+    "dark": 1.0 / np.arange(1, 13) ** 2.5,
 }
+
+
+OCTAVES = 3.0
 
 
 def write_timbres(root: Path, clips: int = 16, seed: int = 0) -> Path:
     """Three classes that differ in timbre only (:data:`TIMBRES`), each played at random
-    pitches over the same two octaves and at random levels: pitch and loudness say nothing of
+    pitches over the same three octaves and at random levels: pitch and loudness say nothing of
     the class, so a model has to learn the spectral shapes."""
     rng = np.random.default_rng(seed)
     for label, weights in TIMBRES.items():
         (root / label).mkdir(parents=True)
         for i in range(clips):
-            f0 = 200.0 * 2 ** rng.uniform(0, 2)
+            f0 = 150.0 * 2 ** rng.uniform(0, OCTAVES)
             sf.write(root / label / f"{i}.wav", timbre(f0, weights, 0.6, rng), SR)
     return root
 

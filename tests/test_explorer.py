@@ -30,10 +30,10 @@ def checkpoint(tmp_path_factory):
     root = write_tones(base / "tones")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HEARPROTO_DATA", str(base / "home"))
-        config = TrainConfig(dataset="folder", root=str(root), out=str(base / "run"),
-                             mode="supervised", epochs=6, preset="speakers", compile=False,
-                             patience=1, batch_size=8, lr=3e-3, k_chunk=2, seed=0,
-                             eval_batch_size=16)
+        config = TrainConfig.from_recipe(
+            "paper", dataset="folder", root=str(root), out=str(base / "run"),
+            mode="supervised", epochs=6, preset="speakers", compile=False, patience=1,
+            batch_size=8, lr=3e-3, k_chunk=2, seed=0, eval_batch_size=16)
         train(config, progress=False)
         yield base / "run" / "last.pt"
 

@@ -64,10 +64,10 @@ def train_readme_run(tmp_path: Path) -> None:
     from hearproto.train import TrainConfig, train
 
     root = write_tones(tmp_path / "sounds", names=("cello", "violin", "piccolo"))
-    train(TrainConfig(dataset="folder", root=str(root), out=str(tmp_path / README_RUN),
-                      mode="supervised", epochs=3, preset="speakers", compile=False,
-                      patience=1, batch_size=8, lr=3e-3, k_chunk=2, seed=0,
-                      eval_batch_size=16), progress=False)
+    train(TrainConfig.from_recipe(
+        "paper", dataset="folder", root=str(root), out=str(tmp_path / README_RUN),
+        mode="supervised", epochs=3, preset="speakers", compile=False, patience=1,
+        batch_size=8, lr=3e-3, k_chunk=2, seed=0, eval_batch_size=16), progress=False)
 
 
 def test_readme_python_examples_run(tmp_path, monkeypatch):

@@ -14,8 +14,8 @@ from torch.nn import functional as nnf
 
 from hearproto import cli
 from hearproto.train import (
-    TrainConfig, Trainer, augment, evaluate_checkpoint, load_checkpoint, loss_from_errors,
-    stages_for, train)
+    RECIPES, TrainConfig, Trainer, augment, calibrated_beta, evaluate_checkpoint, load_checkpoint,
+    loss_from_errors, stages_for, train)
 
 SR = 16_000
 
@@ -112,9 +112,7 @@ def test_unsupervised_training_and_reassignment(tones, tmp_path):
     donor = int(torch.argmin((after[2] - before[:2]).abs().mean(1)))
     assert (after[2] - before[donor]).abs().max() < 0.1  # a noisy copy of a donor
     torch.testing.assert_close(head.weight[2], head.weight[donor])
-    summary = trainer.fit()
-    assert summary["epochs"] == 2
-    assert evaluate_checkpoint(tmp_path / "u" / "last.pt", "test", device="cpu")["OA"] >= 0
+    assert trainer.fit()["epochs"] == 2  # training goes on from the reassigned state
 
 
 class Crash(Exception):
@@ -178,3 +176,89 @@ def test_cli_train_evaluate_play(tones, tmp_path, capsys):
     assert cli.main(["play", "--checkpoint", str(out / "last.pt"), "--prototype", "9",
                      "--out", str(tmp_path / "x.wav")]) == 2
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+
+
+def test_recipes():
+    paper = TrainConfig.from_recipe("paper")
+    assert (paper.lr, paper.batch_size, paper.patience, paper.beta_init, paper.lambda_ce) == \
+        (1e-4, 128, 10, -4.0, 0.01)
+    assert paper.beta_parametrisation == "softplus" and not paper.beta_calibration
+    assert paper.stage_steps is None and paper.error_stride == 1 and paper.augment
+    assert paper.recipe == "paper"
+    default = TrainConfig()  # the dataclass defaults are the default recipe
+    assert default.recipe == "default"
+    for name, value in RECIPES["default"].items():
+        assert getattr(default, name) == value, name
+    assert set(RECIPES["paper"]) == set(RECIPES["default"])  # every departure is named in both
+    assert TrainConfig.from_recipe("paper", lr=1e-3).lr == 1e-3
+    with pytest.raises(ValueError, match="unknown recipe"):
+        TrainConfig.from_recipe("fast")
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        TrainConfig(recipe="fast")
+    for bad in ({"error_stride": 0}, {"raw_stage_steps": -1}, {"ce_lr_factor": 0.0},
+                {"val_every": 0}, {"unsupervised_init": "random"},
+                {"beta_parametrisation": "tanh"}, {"ce_stage_steps": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig(**bad)
+
+
+def test_calibrated_beta_minimises_the_cross_entropy():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 5, (200,))
+    errors = 0.01 + 0.001 * torch.rand(200, 5)
+    errors[torch.arange(200), labels] -= 0.0005 * torch.rand(200)  # the class fits a bit better
+    beta = calibrated_beta(errors, labels)
+    grid = torch.logspace(0, 6, 2001, dtype=torch.float64)
+    losses = torch.stack([nnf.cross_entropy(-b * errors.double(), labels) for b in grid])
+    assert beta == pytest.approx(float(grid[losses.argmin()]), rel=0.02)  # brute force agrees
+    assert 100 < beta < 1e5  # on the scale of 1 / (error gaps), far from softplus(-4) = 0.018
+    sharper = errors.clone()
+    sharper[torch.arange(200), labels] -= 0.002  # better separated errors: a larger beta
+    assert calibrated_beta(sharper, labels) > beta
+
+
+def test_default_recipe_stages_count_steps(tones, tmp_path):
+    out = tmp_path / "steps"
+    cfg = config(tones, out, recipe="default", epochs=100, stage_steps=4, ce_stage_steps=6,
+                 val_every=3)
+    summary = train(cfg, progress=False)
+    assert summary["stop_reason"] == "curriculum complete"
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    stages = [row["stage"] for row in rows]
+    # 21 training clips, batches of 8: 2 steps an epoch; the raw stage is the initialisation
+    assert stages == ["gain"] * 2 + ["pitch"] * 2 + ["filters"] * 2 + ["ce"] * 3 + ["lr_decay"] * 2
+    assert sorted(p.stem for p in (out / "stages").glob("*.pt")) == sorted(stages_for("supervised"))
+    raw = load_checkpoint(out / "stages" / "raw.pt")[1]
+    assert raw["state"]["step"] == 0  # the class means, untouched
+    validated = [row["epoch"] for row in rows if row["val_OA"]]
+    assert validated == ["1", "2", "3", "4", "6", "9", "11"]  # every 3rd, first, stage ends
+    ce_rows = [row for row in rows if row["stage"] in ("ce", "lr_decay")]
+    assert all(float(row["beta"]) > 1.0 for row in ce_rows)  # calibrated, not softplus(-4)
+    lrs = {row["stage"]: float(row["lr"]) for row in rows}
+    assert lrs["filters"] == pytest.approx(3e-3)
+    assert lrs["lr_decay"] == pytest.approx(3e-3 * RECIPES["default"]["ce_lr_factor"] / 10)
+    assert json.loads((out / "config.json").read_text())["recipe"] == "default"
+
+
+def test_cross_entropy_stage_adds_accuracy(timbres, tmp_path):
+    """The guard of issue 13: once every transformation is on, any prototype fits any of
+    these timbres; the cross-entropy stage must make the prototypes tell them apart again."""
+    out = tmp_path / "ce"
+    cfg = config(timbres, out, recipe="default", epochs=1000, stage_steps=6,
+                 ce_stage_steps=60, val_every=1000, k_chunk=3, eval_batch_size=64)
+    train(cfg, progress=False)
+    accuracy = {stage: evaluate_checkpoint(out / "stages" / f"{stage}.pt", "train",
+                                           device="cpu")["OA"]
+                for stage in ("filters", "lr_decay")}
+    assert accuracy["lr_decay"] >= accuracy["filters"] + 10, accuracy
+
+
+def test_unsupervised_default_recipe_recovers_the_clusters(tones, tmp_path):
+    out = tmp_path / "clusters"
+    cfg = config(tones, out, recipe="default", mode="unsupervised", epochs=1000,
+                 stage_steps=4, val_every=1000)
+    assert train(cfg, progress=False)["stop_reason"] == "curriculum complete"
+    for split in ("train", "test"):
+        scores = evaluate_checkpoint(out / "last.pt", split, device="cpu")
+        assert scores["OA"] == 100.0, (split, scores)
