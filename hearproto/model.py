@@ -129,8 +129,7 @@ class Transformations:
     filters: Tensor | None = None  # (B, K, T, 4): c_h, G_h, c_l, G_l
 
     def crop(self, length: int) -> "Transformations":
-        return Transformations(*(None if p is None else p[:, :, :length]
-                                 for p in (self.pitch, self.gain, self.filters)))
+        return self.frames(slice(0, length))
 
     def frames(self, frames: slice) -> "Transformations":
         """The parameters of the time steps ``frames`` only."""

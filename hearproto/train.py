@@ -42,8 +42,7 @@ from hearproto.model import (BETA_PARAMETRISATIONS, TRANSFORMATIONS, UNSUPERVISE
 from hearproto.results import describe_device
 
 __all__ = ["RECIPES", "RunConfig", "TrainConfig", "calibrated_beta", "train", "load_checkpoint",
-           "clip_errors",
-           "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "rng_snapshot",
+           "clip_errors", "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "rng_snapshot",
            "restore_rng", "refuse_another_run", "data_provenance", "evaluation_split",
            "stages_for", "augment"]
 
@@ -127,8 +126,8 @@ class TrainConfig(RunConfig):
     prototypes: int | None = None  # default: the number of classes
     beta_init: float = -4.0  # beta = softplus(b) or exp(b), b starts here
     beta_parametrisation: str = RECIPES["default"]["beta_parametrisation"]
-    # when the cross-entropy stage starts, set beta to the value that minimises the
-    # cross-entropy of the training clips' errors (temperature scaling)
+    # on the first cross-entropy batch, set beta to the value that minimises that batch's
+    # cross-entropy (temperature scaling)
     beta_calibration: bool = RECIPES["default"]["beta_calibration"]
     beta_lr_factor: float = 5.0
     lambda_ce: float = 0.01
@@ -496,13 +495,15 @@ class Trainer:
         ``warmup_epochs`` after the cross-entropy stage starts; else 1."""
         if not self.config.ce_warmup or self.state.ce_start_step < 0:
             return 1.0
-        warm_steps = max(1, round(self.config.warmup_epochs * self.steps_per_epoch))
-        return min(1.0, (self.state.step - self.state.ce_start_step + 1) / warm_steps)
+        return min(1.0, (self.state.step - self.state.ce_start_step + 1) / self._warm_steps())
+
+    def _warm_steps(self) -> int:
+        """Steps of a warm-up (``warmup_epochs`` worth, at least one)."""
+        return max(1, round(self.config.warmup_epochs * self.steps_per_epoch))
 
     def _set_learning_rates(self) -> None:
         state = self.state
-        warm_steps = max(1, round(self.config.warmup_epochs * self.steps_per_epoch))
-        progress = min(1.0, (state.step - state.warm_start_step) / warm_steps)
+        progress = min(1.0, (state.step - state.warm_start_step) / self._warm_steps())
         warm = 1e-3 + (1 - 1e-3) * progress
         for group in self.optimizer.param_groups:
             factor = warm if group["name"] in state.warm_groups else 1.0
