@@ -10,6 +10,7 @@ assigns clips to prototypes.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -259,6 +260,34 @@ class PrototypeModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.errors(x)[0]
+
+    @torch.no_grad()
+    def recalibrate_norms(self, batches: Iterable[Tensor]) -> None:
+        """Set the running mean and variance of the batch norms in use (encoder and active
+        decoders) to their plain average over ``batches`` of clips ``(B, T, F)``, at the
+        current weights ("precise" batch norm); the model is left in evaluation mode.
+
+        Training normalises with each batch's own statistics. The running averages that
+        evaluation uses lag behind weights that move fast, which can multiply the evaluation
+        error several times (docs/training.md)."""
+        if not self.active:  # the raw stage runs no network
+            return
+        in_use = [self.encoder, *(self.decoders[name] for name in self.active)]
+        norms = [m for part in in_use for m in part.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average
+        self.train()
+        try:
+            seen = sum(1 for batch in batches if self.transformations(batch) is not None)
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
+            self.eval()
+        if not seen:
+            raise ValueError("recalibrate_norms needs at least one batch")
 
 
 def _inverse_softplus(value: float) -> float:

@@ -176,3 +176,40 @@ def test_errors_on_strided_frames_estimate_the_whole_error():
     targets = torch.tensor([1, 3])
     torch.testing.assert_close(model.target_errors(x, targets, frames=slice(2, None, 4)),
                                parts[2].gather(1, targets[:, None])[:, 0])
+
+
+def test_recalibrated_norms_match_the_data_and_evaluation_matches_training():
+    model = PrototypeModel(3, PRESETS["speakers"])
+    model.activate("gain")
+    torch.manual_seed(1)
+    batches = [0.3 + 0.2 * torch.rand(16, 32, 128) for _ in range(4)]
+    for norm in model.modules():  # running statistics far from the data's
+        if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+            norm.running_mean.fill_(5.0)
+    untouched = model.decoders["pitch"].ups[0][0][2].running_mean.clone()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.recalibrate_norms(iter(batches))
+    assert not model.training
+    # the first norm sees conv -> ReLU of the input: its statistic is the plain mean over all
+    # clips, time steps and frequencies (equal batches: the mean of the batch means)
+    first = model.encoder.levels[0]
+    with torch.no_grad():
+        pre = torch.cat([first[1](first[0]((2 * b - 1).unsqueeze(1))) for b in batches])
+    torch.testing.assert_close(first[2].running_mean, pre.mean(dim=(0, 2, 3)), rtol=1e-4,
+                               atol=1e-6)
+    # only the norms in use change (pitch is off), and no weight moves
+    torch.testing.assert_close(model.decoders["pitch"].ups[0][0][2].running_mean, untouched)
+    after = model.state_dict()
+    for key, value in weights.items():
+        if "running" not in key and "num_batches" not in key:
+            torch.testing.assert_close(after[key], value)
+    # one large batch: evaluation now normalises as training did (up to n / (n - 1))
+    big = 0.3 + 0.2 * torch.rand(64, 32, 128)
+    model.recalibrate_norms([big])
+    with torch.no_grad():
+        evaluated = model.errors(big)[0]
+        model.train()
+        trained = model.errors(big)[0]
+    torch.testing.assert_close(evaluated, trained, rtol=0.05, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one batch"):
+        model.recalibrate_norms([])
