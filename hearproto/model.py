@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 
 from hearproto.audio import FrontEnd
+from hearproto.clustering import pitch_invariant_kmeans
 from hearproto.transforms import (
     filter_params_from_raw,
     gain_from_raw,
@@ -194,15 +195,18 @@ class PrototypeModel(nn.Module):
     # -- forward ------------------------------------------------------------------------------
 
     def transformations(self, x: Tensor) -> Transformations:
-        """Parameters of the active transformations for clips ``x`` ``(B, T, F)``; T is padded
-        to a multiple of 16 for the encoder and the parameters cropped back."""
+        """Parameters of the active transformations for clips ``x`` ``(B, T, F)``. For the
+        encoder T must be a multiple of 16: the clips are extended by repeating them from
+        their start, as training tiles clips shorter than its crops, and the parameters are
+        cropped back. (Frames of zeros, which training never shows, tripled the error of
+        unsupervised models on whole clips; docs/training.md.)"""
         active = self.active
         if not active:
             return Transformations()
         length = x.shape[1]
         padded = -(-length // TIME_MULTIPLE) * TIME_MULTIPLE
         if padded != length:
-            x = nnf.pad(x, (0, 0, 0, padded - length))
+            x = x.repeat(1, -(-padded // length), 1)[:, :padded]
         bottleneck, skips = self.encoder(x)
         raw = {name: self.decoders[name](bottleneck, skips) for name in active}
         params = Transformations(
@@ -295,10 +299,13 @@ def _inverse_softplus(value: float) -> float:
     return value + math.log(-math.expm1(-value))
 
 
-#: How unsupervised prototypes start: K clips picked k-means++-style (the paper's code), or
-#: the centres of K-means on the clips with their mean level removed (then put back at the
-#: average level), so that clusters follow spectral shape rather than loudness.
-UNSUPERVISED_INITS = ("kmeans++", "level-kmeans")
+#: How unsupervised prototypes start: K clips picked k-means++-style (the paper's code); the
+#: centres of K-means on the clips with their mean level removed (then put back at the
+#: average level), so that clusters follow spectral shape rather than loudness; or those
+#: centres refined by K-means that is also blind to pitch shifts of up to an octave
+#: (:func:`hearproto.clustering.pitch_invariant_kmeans`), so that clusters follow timbre
+#: rather than register.
+UNSUPERVISED_INITS = ("kmeans++", "level-kmeans", "pitch-kmeans")
 
 
 @torch.no_grad()
@@ -323,8 +330,13 @@ def init_prototypes(model: PrototypeModel, clip_means: np.ndarray, labels: np.nd
             centres, _ = kmeans_plusplus(means, n_clusters=k, random_state=seed)
         else:
             levels = means.mean(axis=1, keepdims=True)
-            shapes = KMeans(k, n_init=10, random_state=seed).fit(means - levels)
-            centres = shapes.cluster_centers_ + levels.mean()
+            centres = KMeans(k, n_init=10, random_state=seed).fit(means - levels).cluster_centers_
+            if method == "pitch-kmeans":
+                centres, _, _ = pitch_invariant_kmeans(
+                    torch.from_numpy(means - levels), k, model.bins, seed=seed,
+                    init=torch.from_numpy(centres))
+                centres = centres.double().numpy()
+            centres = centres + levels.mean()
     generator = torch.Generator().manual_seed(seed)
     values = torch.as_tensor(centres, dtype=torch.float32)
     values += noise * torch.randn(values.shape, generator=generator)

@@ -52,6 +52,24 @@ def test_shapes_and_time_padding():
     torch.testing.assert_close(one[:, 0], recon[:, 2])
 
 
+def test_whole_clips_are_read_as_training_reads_them():
+    # training tiles a clip shorter than its crop; a whole clip whose length is not a
+    # multiple of 16 is extended the same way, never with frames of zeros
+    model = full_model(k=3)
+    model.eval()
+    torch.manual_seed(2)
+    x = torch.rand(2, 37, 128)
+    tiled = torch.cat([x, x, x], dim=1)[:, :48]
+    with torch.no_grad():
+        params = model.transformations(x)
+        expected = model.transformations(tiled).crop(37)
+        zero_padded = model.transformations(torch.nn.functional.pad(x, (0, 0, 0, 11))).crop(37)
+    for got, want in zip((params.pitch, params.gain, params.filters),
+                         (expected.pitch, expected.gain, expected.filters)):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(params.gain, zero_padded.gain)
+
+
 def test_raw_prototypes_reconstruct_every_frame_with_the_prototype():
     model = PrototypeModel(3, PRESETS["speakers"])
     x = torch.rand(2, 20, 128)
