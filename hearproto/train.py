@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from hearproto.results import describe_device
 __all__ = ["RECIPES", "RunConfig", "TrainConfig", "calibrated_beta", "train", "load_checkpoint",
            "clip_errors", "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "rng_snapshot",
            "restore_rng", "refuse_another_run", "data_provenance", "evaluation_split",
-           "stages_for", "augment"]
+           "stages_for", "augment", "middle_crops"]
 
 CHECKPOINT_FORMAT = 1
 MODES = ("supervised", "unsupervised")
@@ -286,6 +286,21 @@ def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device,
     train_errors = clip_errors(model, train, batch_size, device)
     return majority_mapping(train_errors.argmin(1).numpy(), train.labels.numpy(),
                             model.num_prototypes, train.num_classes)
+
+
+def middle_crops(clips: ClipDataset, crop_frames: int, batch_size: int, seed: int,
+                 device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """The middle ``crop_frames`` of every clip (short clips tiled, as in training), in
+    batches ``(B, crop_frames, F)`` of a fixed shuffle drawn from ``seed`` (batches of one
+    class would understate batch norm's variance). Touches no global random state, so that
+    a resumed run stays exact."""
+    order = np.random.default_rng(seed).permutation(len(clips))
+    for first in range(0, len(clips), batch_size):
+        crops = []
+        for i in order[first:first + batch_size]:
+            frames = clips.frames(i)
+            crops.append(crop_or_tile(frames, crop_frames, max(len(frames) - crop_frames, 0) // 2))
+        yield torch.from_numpy(np.stack(crops).astype(np.float32)).to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,22 +695,9 @@ class Trainer:
         return not self.config.budget_spent(state.epoch, state.elapsed_seconds)
 
     def _recalibrate_norms(self) -> None:
-        """Batch-norm statistics from the middle crop of every training clip, in batches of
-        a fixed shuffle (batches of one class would understate the variance); no random state
-        is touched, so a resumed run stays exact."""
-        c, clips = self.config, self.train_clips
-        crop = self.train_set.crop_frames
-        order = np.random.default_rng(c.seed).permutation(len(clips))
-
-        def batches():
-            for first in range(0, len(clips), c.batch_size):
-                crops = []
-                for i in order[first:first + c.batch_size]:
-                    frames = clips.frames(i)
-                    crops.append(crop_or_tile(frames, crop, max(len(frames) - crop, 0) // 2))
-                yield torch.from_numpy(np.stack(crops).astype(np.float32)).to(self.device)
-
-        self.model.recalibrate_norms(batches())
+        c = self.config
+        self.model.recalibrate_norms(middle_crops(self.train_clips, self.train_set.crop_frames,
+                                                  c.batch_size, c.seed, self.device))
 
     def _validate(self) -> dict:
         if self.config.recalibrate_norms:

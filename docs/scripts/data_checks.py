@@ -5,7 +5,8 @@ whether two built-in instruments share their samples.
 
 Prints, per dataset (instruments, speakers, librispeech-mini beside the repository), the
 test OA of 1-NN and 5-NN on time-averaged log-Mels, raw and with each clip's mean level
-removed, of K-means (K = classes) with the majority mapping, and of the linear probe. With
+removed, of K-means (K = classes) with the majority mapping, of the linear probe, and of
+K-means blind to level and pitch (three seeds). With
 ``--samples``, renders every pair of instruments at three shared keys and prints the ten
 most similar magnitude spectra (1.0 would be the same sample).
 """
@@ -17,10 +18,15 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import torch
+from sklearn.cluster import KMeans
 from sklearn.neighbors import KNeighborsClassifier
 
 from hearproto.baselines.probe import kmeans_scores, linear_probe, mean_features
+from hearproto.clustering import pitch_factors, pitch_invariant_distances, pitch_invariant_kmeans
 from hearproto.data import prepare_dataset
+from hearproto.metrics import majority_mapping
+from hearproto.transforms import mel_bin_constants
 
 MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "librispeech-mini"
 DATASETS = {
@@ -47,6 +53,26 @@ def references(label: str, spec: dict) -> None:
                                train.num_classes)
         print(f"{label}: K-means, {name}: {scores['OA']:.1f}")
     print(f"{label}: linear probe: {linear_probe(train, test)['OA']:.1f}")
+    for seed in range(3):
+        print(f"{label}: pitch-invariant K-means, seed {seed}: "
+              f"{pitch_invariant_scores(data, x_train, y_train, x_test, y_test, seed):.1f}")
+
+
+def pitch_invariant_scores(data, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                           y_test: np.ndarray, seed: int) -> float:
+    """Test OA of K-means blind to level and to pitch shifts of up to an octave (the
+    ``pitch-kmeans`` initialisation), with the majority mapping."""
+    k = len(data.classes)
+    train, test = (torch.from_numpy(level_normalised(x)) for x in (x_train, x_test))
+    start = KMeans(k, n_init=10, random_state=seed).fit(train.numpy()).cluster_centers_
+    bins = mel_bin_constants(data.frontend)
+    centres, clusters, _ = pitch_invariant_kmeans(train, k, bins, seed=seed,
+                                                  init=torch.from_numpy(start))
+    mapping = majority_mapping(clusters.numpy(), y_train, k, k)
+    distances = pitch_invariant_distances(test.float(), centres, pitch_factors(12).float(),
+                                          bins.to(dtype=torch.float32)).flatten(1)
+    nearest = (distances.argmin(dim=1) // len(pitch_factors(12))).numpy()
+    return 100 * float(np.mean(mapping[nearest] == y_test))
 
 
 def shared_samples(top: int = 10) -> None:
