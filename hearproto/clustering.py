@@ -14,7 +14,8 @@ from torch import Tensor
 
 from hearproto.transforms import MelBins, pitch_shift
 
-__all__ = ["pitch_factors", "pitch_invariant_distances", "pitch_invariant_kmeans"]
+__all__ = ["nearest_centres", "pitch_factors", "pitch_invariant_distances",
+           "pitch_invariant_kmeans"]
 
 
 def pitch_factors(semitones: int) -> Tensor:
@@ -41,18 +42,27 @@ def pitch_invariant_distances(x: Tensor, centres: Tensor, factors: Tensor,
     return torch.cat(out)
 
 
+def nearest_centres(x: Tensor, centres: Tensor, factors: Tensor, constants: MelBins
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """For each clip of ``x`` ``(N, F)``, the nearest centre under
+    :func:`pitch_invariant_distances`: its distance, its index and the index of the pitch
+    factor that reached it, each ``(N,)``."""
+    distance, best = pitch_invariant_distances(x, centres, factors, constants).flatten(1).min(1)
+    return distance, best // len(factors), best % len(factors)
+
+
 def _seed_centres(x: Tensor, k: int, factors: Tensor, constants: MelBins,
                   generator: torch.Generator) -> Tensor:
     """k-means++ seeding under the pitch-invariant distance: ``(k, F)`` clips of ``x``."""
     chosen = [int(torch.randint(len(x), (), generator=generator))]
-    nearest = pitch_invariant_distances(x, x[chosen], factors, constants).flatten(1).min(1).values
+    nearest = nearest_centres(x, x[chosen], factors, constants)[0]
     while len(chosen) < k:
         weights = nearest.clamp(min=0)
         if not weights.sum() > 0:  # every clip already has a centre in reach
             weights = torch.ones_like(weights)
         pick = int(torch.multinomial(weights, 1, generator=generator))
         chosen.append(pick)
-        new = pitch_invariant_distances(x, x[[pick]], factors, constants).flatten(1).min(1).values
+        new = nearest_centres(x, x[[pick]], factors, constants)[0]
         nearest = torch.minimum(nearest, new)
     return x[chosen].clone()
 
@@ -62,14 +72,11 @@ def _lloyd(x: Tensor, centres: Tensor, factors: Tensor, constants: MelBins,
     """Lloyd's iterations from ``centres``: centres, clusters, factor indices, inertia."""
     centres = centres.clone()
     for iteration in range(iterations + 1):
-        distances = pitch_invariant_distances(x, centres, factors, constants).flatten(1)
-        nearest, best = distances.min(dim=1)
-        clusters, shifts = best // len(factors), best % len(factors)
+        nearest, clusters, shifts = nearest_centres(x, centres, factors, constants)
         if iteration == iterations:
             break
         aligned = pitch_shift(x[:, None, None, :], (1 / factors[shifts])[:, None, None],
                               constants)[:, 0, 0]  # each clip at its centre's pitch
-        nearest = nearest.clone()
         for k in range(len(centres)):
             members = clusters == k
             if members.any():

@@ -284,8 +284,11 @@ class PrototypeModel(nn.Module):
             norm.reset_running_stats()
             norm.momentum = None  # a cumulative average
         self.train()
+        seen = 0
         try:
-            seen = sum(1 for batch in batches if self.transformations(batch) is not None)
+            for batch in batches:
+                self.transformations(batch)
+                seen += 1
         finally:
             for norm, momentum in zip(norms, momenta):
                 norm.momentum = momentum

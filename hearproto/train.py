@@ -665,7 +665,7 @@ class Trainer:
             spent = "" if state.done else c.budget_spent(state.epoch, state.elapsed_seconds)
             if spent:
                 state.done, state.stop_reason = True, spent
-            if state.done and not validate and c.recalibrate_norms:
+            if state.done and not validate:
                 self._recalibrate_norms()  # the saved model is evaluated as it is
             save_checkpoint(self._payload(), last)
         bar.close()
@@ -695,13 +695,15 @@ class Trainer:
         return not self.config.budget_spent(state.epoch, state.elapsed_seconds)
 
     def _recalibrate_norms(self) -> None:
+        """With ``recalibrate_norms``, batch-norm statistics from the training clips."""
         c = self.config
+        if not c.recalibrate_norms:
+            return
         self.model.recalibrate_norms(middle_crops(self.train_clips, self.train_set.crop_frames,
                                                   c.batch_size, c.seed, self.device))
 
     def _validate(self) -> dict:
-        if self.config.recalibrate_norms:
-            self._recalibrate_norms()
+        self._recalibrate_norms()
         if len(self.val_set) == 0:
             return {}
         errors = clip_errors(self.model, self.val_set, self.config.eval_batch_size, self.device,

@@ -23,7 +23,7 @@ from sklearn.cluster import KMeans
 from sklearn.neighbors import KNeighborsClassifier
 
 from hearproto.baselines.probe import kmeans_scores, linear_probe, mean_features
-from hearproto.clustering import pitch_factors, pitch_invariant_distances, pitch_invariant_kmeans
+from hearproto.clustering import nearest_centres, pitch_factors, pitch_invariant_kmeans
 from hearproto.data import prepare_dataset
 from hearproto.metrics import majority_mapping
 from hearproto.transforms import mel_bin_constants
@@ -69,10 +69,9 @@ def pitch_invariant_scores(data, x_train: np.ndarray, y_train: np.ndarray, x_tes
     centres, clusters, _ = pitch_invariant_kmeans(train, k, bins, seed=seed,
                                                   init=torch.from_numpy(start))
     mapping = majority_mapping(clusters.numpy(), y_train, k, k)
-    distances = pitch_invariant_distances(test.float(), centres, pitch_factors(12).float(),
-                                          bins.to(dtype=torch.float32)).flatten(1)
-    nearest = (distances.argmin(dim=1) // len(pitch_factors(12))).numpy()
-    return 100 * float(np.mean(mapping[nearest] == y_test))
+    _, nearest, _ = nearest_centres(test.float(), centres, pitch_factors(12).float(),
+                                    bins.to(dtype=torch.float32))
+    return 100 * float(np.mean(mapping[nearest.numpy()] == y_test))
 
 
 def shared_samples(top: int = 10) -> None:

@@ -25,8 +25,7 @@ def recalibrate(path: str) -> str:
         return f"{path}: already recalibrated when trained; left alone"
     data = checkpoint_dataset(path, payload, config)
     model.recalibrate_norms(middle_crops(data.split("train", crop_frames=None),
-                                         data.split("train").crop_frames, config.batch_size,
-                                         config.seed))
+                                         data.crop_frames, config.batch_size, config.seed))
     payload["model"] = model.state_dict()
     save_checkpoint(payload, path)
     return f"{path}: batch-norm statistics recomputed"
