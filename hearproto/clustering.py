@@ -1,4 +1,10 @@
-"""K-means under the model's own invariances: level and pitch.
+"""Clusters of clips for the unsupervised initialisation.
+
+``cepstral_clusters``: Ward clustering of each clip's standardised cepstral statistics (the
+DCT of its time-averaged log-Mel, without the level coefficient, and of its per-bin standard
+deviation over time): the classic timbre description of speaker and instrument clustering.
+
+``pitch_invariant_kmeans``: K-means under the model's own invariances, level and pitch.
 
 A prototype explains a clip up to a gain and a pitch shift, so the distance between a
 time-averaged clip ``x`` and a centre ``c`` is taken as the smallest, over a grid of pitch
@@ -9,13 +15,42 @@ one cluster, where plain K-means splits them by register.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.fft import dct
+from sklearn.cluster import AgglomerativeClustering
 from torch import Tensor
 
 from hearproto.transforms import MelBins, pitch_shift
 
-__all__ = ["nearest_centres", "pitch_factors", "pitch_invariant_distances",
-           "pitch_invariant_kmeans"]
+__all__ = ["cepstral_clusters", "cepstral_features", "nearest_centres", "pitch_factors",
+           "pitch_invariant_distances", "pitch_invariant_kmeans"]
+
+
+def cepstral_features(means: np.ndarray, stds: np.ndarray, coefficients: int = 20
+                      ) -> np.ndarray:
+    """``(N, 2 * coefficients - 1)`` features of clips given their log-Mel ``means`` and
+    ``stds`` over time ``(N, F)``: cepstral coefficients 1 .. coefficients-1 of the mean
+    (coefficient 0 is the level, left out) and 0 .. coefficients-1 of the deviation, each
+    standardised over the clips (a constant feature stays 0)."""
+    if means.shape != stds.shape or means.ndim != 2:
+        raise ValueError(f"means and stds must both be (N, F), got {means.shape} and {stds.shape}")
+    if not 1 < coefficients <= means.shape[1]:
+        raise ValueError(f"coefficients must be in 2..{means.shape[1]}, got {coefficients}")
+    features = np.hstack([dct(means, axis=1, norm="ortho")[:, 1:coefficients],
+                          dct(stds, axis=1, norm="ortho")[:, :coefficients]])
+    spread = features.std(axis=0)
+    return (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+
+
+def cepstral_clusters(means: np.ndarray, stds: np.ndarray, k: int, coefficients: int = 20
+                      ) -> np.ndarray:
+    """Each clip's cluster ``(N,)`` in ``0..k-1``: Ward clustering of
+    :func:`cepstral_features` (deterministic)."""
+    if len(means) < k:
+        raise ValueError(f"{k} clusters need at least {k} clips, got {len(means)}")
+    features = cepstral_features(means, stds, coefficients)
+    return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(features)
 
 
 def pitch_factors(semitones: int) -> Tensor:

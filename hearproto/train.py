@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -102,15 +102,15 @@ RECIPES: dict[str, dict] = {
         "beta_init": -4.0, "beta_parametrisation": "softplus", "beta_calibration": False,
         "lambda_ce": 0.01, "ce_warmup": False, "ce_lr_factor": 1.0,
         "error_stride": 1, "augment": True, "unsupervised_init": "kmeans++",
-        "recalibrate_norms": False,
+        "recalibrate_norms": False, "held_stages": [],
     },
     "default": {
         "lr": 1e-3, "batch_size": 32, "patience": 10, "stage_steps": 150,
         "raw_stage_steps": 0, "ce_stage_steps": 900, "val_every": 4,
         "beta_init": -4.0, "beta_parametrisation": "log", "beta_calibration": True,
         "lambda_ce": 0.01, "ce_warmup": True, "ce_lr_factor": 0.1,
-        "error_stride": 4, "augment": False, "unsupervised_init": "level-kmeans",
-        "recalibrate_norms": True,
+        "error_stride": 4, "augment": False, "unsupervised_init": "cepstral",
+        "recalibrate_norms": True, "held_stages": ["gain", "pitch", "filters", "ce", "lr_decay"],
     },
 }
 
@@ -166,6 +166,11 @@ class TrainConfig(RunConfig):
     # recomputed on the training clips at the current weights (the lagging running averages
     # tripled the unsupervised validation error)
     recalibrate_norms: bool = RECIPES["default"]["recalibrate_norms"]
+    # unsupervised only: in these stages every training clip stays with the cluster that the
+    # initialisation put it in (its prototype's error is the loss, as if supervised by those
+    # pseudo-labels); elsewhere each clip goes to the prototype that reconstructs it best.
+    # Free assignment lets the transformations' first steps scatter the clusters
+    held_stages: list[str] = field(default_factory=lambda: list(RECIPES["default"]["held_stages"]))
     k_chunk: int = 8  # prototypes per chunk of the error (8 is fastest on CPU, see bench)
     compile: bool = True  # fuse the error with torch.compile in training (about 2x on CPU)
     bf16: bool = False  # autocast on CUDA
@@ -197,6 +202,12 @@ class TrainConfig(RunConfig):
                              f"got {self.unsupervised_init!r}")
         if self.error_stride < 1:
             raise ValueError(f"error_stride must be at least 1, got {self.error_stride}")
+        self.held_stages = list(self.held_stages)
+        allowed = stages_for("supervised")
+        unknown = [name for name in self.held_stages if name not in allowed]
+        if unknown:
+            raise ValueError(f"held_stages: unknown stage {unknown[0]!r}; choose from "
+                             f"{', '.join(allowed)}")
 
     @classmethod
     def from_recipe(cls, recipe: str = "default", **changes) -> "TrainConfig":
@@ -206,9 +217,12 @@ class TrainConfig(RunConfig):
         return cls(**{**RECIPES[recipe], "recipe": recipe, **changes})
 
 
-def stages_for(mode: str) -> list[str]:
-    """The curriculum: each stage switches one thing on; ``lr_decay`` divides the lr by 10."""
-    return ["raw", *TRANSFORMATIONS, *(["ce"] if mode == "supervised" else []), "lr_decay"]
+def stages_for(mode: str, held_stages: Iterable[str] = ()) -> list[str]:
+    """The curriculum: each stage switches one thing on; ``lr_decay`` divides the lr by 10.
+    The cross-entropy stage needs labels: supervised, or unsupervised with the initial
+    clusters held through it (``held_stages``)."""
+    ce = mode == "supervised" or "ce" in held_stages
+    return ["raw", *TRANSFORMATIONS, *(["ce"] if ce else []), "lr_decay"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,11 +438,12 @@ class Trainer:
         if config.mode == "supervised" and k != self.train_set.num_classes:
             raise ValueError(f"supervised training needs one prototype per class "
                              f"({self.train_set.num_classes}), got --prototypes {k}")
-        self.stages = stages_for(config.mode)
+        self.stages = stages_for(config.mode, config.held_stages)
         self.model = PrototypeModel(k, self.data.frontend, config.beta_init,
                                     config.beta_parametrisation).to(self.device)
         self.optimizer = self._optimizer()
         self.loader_generator = torch.Generator()
+        self.held_labels: Tensor | None = None  # (N,) the initial cluster of each training clip
         self.state = _State()
         self.steps_per_epoch = max(1, len(self.train_set) // config.batch_size)
 
@@ -453,11 +468,14 @@ class Trainer:
 
     def _fresh_start(self) -> None:
         self.loader_generator.manual_seed(self.config.seed)
-        means = np.stack([np.asarray(self.train_clips.frames(i)).mean(0)
-                          for i in range(len(self.train_clips))])
+        clips = [np.asarray(self.train_clips.frames(i), dtype=np.float64)
+                 for i in range(len(self.train_clips))]
+        means, stds = np.stack([c.mean(0) for c in clips]), np.stack([c.std(0) for c in clips])
         labels = self.train_clips.labels.numpy() if self.config.mode == "supervised" else None
-        init_prototypes(self.model, means, labels, self.config.seed,
-                        method=self.config.unsupervised_init)
+        clusters = init_prototypes(self.model, means, labels, self.config.seed,
+                                   method=self.config.unsupervised_init, clip_stds=stds)
+        if clusters is not None and self.config.held_stages:
+            self.held_labels = torch.from_numpy(clusters)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
         with open(self.out / "metrics.csv", "w", newline="") as handle:
@@ -470,6 +488,11 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = _State(**payload["state"])
+        if self.config.mode == "unsupervised" and self.config.held_stages:
+            if payload.get("held_labels") is None:
+                raise ValueError(f"{self.out}: this run was started without held_stages; "
+                                 f"resume it without them or start a new --out")
+            self.held_labels = payload["held_labels"]
         restore_rng(payload["rng"], self.loader_generator, self.device)
         truncate_metrics(self.out / "metrics.csv", self.state.epoch)
         (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
@@ -486,6 +509,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "state": asdict(self.state),
             "rng": rng_snapshot(self.loader_generator, self.device),
+            "held_labels": self.held_labels,
             "data": self.provenance,
             "trained_on": describe_device(self.device),
         }
@@ -535,11 +559,16 @@ class Trainer:
     def _epoch(self, callback: Callable[[int], None] | None) -> tuple[float, np.ndarray]:
         c, model = self.config, self.model
         model.train()
+        held = self._held()
+        clips = Relabelled(self.train_set, self.held_labels) if held else self.train_set
         # a last, tiny batch would skew batch norm and cost a recompilation of the fused error
-        loader = DataLoader(self.train_set, batch_size=c.batch_size, shuffle=True,
+        loader = DataLoader(clips, batch_size=c.batch_size, shuffle=True,
                             generator=self.loader_generator,
                             drop_last=len(self.train_set) > c.batch_size)
-        use_ce = self.stages[self.state.stage] in ("ce", "lr_decay") and c.mode == "supervised"
+        # the clips' labels: the classes (supervised), the initial clusters (held stages), or
+        # none (each clip trains the prototype that reconstructs it best)
+        labelled = c.mode == "supervised" or held
+        use_ce = labelled and self.state.ce_start_step >= 0  # from the cross-entropy stage on
         total, count = 0.0, 0
         counts = np.zeros(model.num_prototypes, dtype=np.int64)
         for x, y in loader:
@@ -548,7 +577,7 @@ class Trainer:
                 x = augment(x)
             self._set_learning_rates()
             # supervised without cross-entropy, only the class prototype's error is needed
-            only_targets = c.mode == "supervised" and not use_ce
+            only_targets = labelled and not use_ce
             frames = None
             if c.error_stride > 1:  # a random phase each step: every frame is used in turn
                 frames = slice(int(torch.randint(c.error_stride, ())), None, c.error_stride)
@@ -566,8 +595,8 @@ class Trainer:
             if only_targets:
                 loss = errors.mean()
             else:
-                loss = loss_from_errors(errors, y, c.mode, model.beta,
-                                        c.lambda_ce * self._ce_ramp(), use_ce)
+                loss = loss_from_errors(errors, y, "supervised" if labelled else "unsupervised",
+                                        model.beta, c.lambda_ce * self._ce_ramp(), use_ce)
                 counts += np.bincount(errors.detach().argmin(1).cpu().numpy(),
                                       minlength=model.num_prototypes)
             self.optimizer.zero_grad(set_to_none=True)
@@ -642,7 +671,8 @@ class Trainer:
             state = self.state
             state.epoch += 1
             state.stage_epoch += 1
-            reassigned = self._reassign(counts) if c.mode == "unsupervised" else []
+            free = c.mode == "unsupervised" and not self._held()
+            reassigned = self._reassign(counts) if free else []
             stage_ends = self._stage_over()
             validate = stage_ends or state.epoch % c.val_every == 0 or state.epoch == 1
             val = self._validate() if validate else {}
@@ -670,6 +700,12 @@ class Trainer:
             save_checkpoint(self._payload(), last)
         bar.close()
         return self._summary()
+
+    def _held(self) -> bool:
+        """Whether this stage keeps the clips in their initial clusters (``held_stages``,
+        unsupervised)."""
+        stage = self.stages[self.state.stage]
+        return self.held_labels is not None and stage in self.config.held_stages
 
     def _stage_over(self) -> bool:
         """Whether a fixed-length stage has run its epochs or steps (patience is judged
@@ -728,6 +764,21 @@ class Trainer:
         return {"out": str(self.out), "epochs": self.state.epoch,
                 "stage": self.stages[self.state.stage], "stop_reason": self.state.stop_reason,
                 "minutes": round(self.state.elapsed_seconds / 60, 2)}
+
+
+class Relabelled(torch.utils.data.Dataset):
+    """``dataset``'s clips with ``labels`` ``(N,)`` in place of its own."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, labels: Tensor) -> None:
+        if len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} labels for {len(dataset)} clips")
+        self.dataset, self.labels = dataset, labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.dataset[i][0], int(self.labels[i])
 
 
 METRIC_COLUMNS = ["epoch", "stage", "train_loss", "val_OA", "val_AA", "val_L_rec", "lr",

@@ -1,5 +1,7 @@
-"""K-means blind to level and pitch: distances against a direct computation, and clusters of
-timbre recovered where plain K-means splits by register."""
+"""Clusters for the unsupervised initialisation: K-means blind to level and pitch (distances
+against a direct computation, clusters of timbre recovered where plain K-means splits by
+register) and Ward clusters of cepstral statistics (features against a hand-written DCT,
+clusters of spectral envelope recovered where plain K-means splits by level)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from hearproto.audio import PRESETS
-from hearproto.clustering import pitch_factors, pitch_invariant_distances, pitch_invariant_kmeans
+from hearproto.clustering import (cepstral_clusters, cepstral_features, pitch_factors,
+                                  pitch_invariant_distances, pitch_invariant_kmeans)
 from hearproto.transforms import mel_bin_constants, pitch_shift
 
 BINS = mel_bin_constants(PRESETS["instruments"])
@@ -72,6 +75,46 @@ def test_clusters_follow_timbre_across_pitches():
     for k in range(3):
         members = (clusters == k).numpy()
         assert np.all(np.diff(factors[members].numpy()[::2]) > 0)
+
+
+def test_cepstral_features_are_standardised_dct_coefficients():
+    rng = np.random.default_rng(0)
+    means, stds = rng.normal(size=(6, 16)), rng.uniform(0.1, 1, size=(6, 16))
+    n = np.arange(16)
+    # DCT-II, orthonormal: row q is sqrt(2/F) cos(pi q (2n + 1) / 2F), row 0 scaled by 1/sqrt 2
+    basis = np.sqrt(2 / 16) * np.cos(np.pi * n[:, None] * (2 * n[None] + 1) / 32)
+    basis[0] /= np.sqrt(2)
+    raw = np.hstack([means @ basis[1:5].T, stds @ basis[:5].T])
+    expected = (raw - raw.mean(0)) / raw.std(0)
+    np.testing.assert_allclose(cepstral_features(means, stds, coefficients=5), expected,
+                               atol=1e-10)
+    # the level (coefficient 0 of the mean) is left out: an offset per clip changes nothing
+    np.testing.assert_allclose(cepstral_features(means + rng.normal(size=(6, 1)), stds, 5),
+                               expected, atol=1e-10)
+    with pytest.raises(ValueError, match="coefficients"):
+        cepstral_features(means, stds, coefficients=17)
+    with pytest.raises(ValueError, match="both be"):
+        cepstral_features(means, stds[:, :8])
+
+
+def test_cepstral_clusters_follow_the_envelope_not_the_level():
+    # three smooth spectral envelopes ("voices"), each clip at a random level and with noise
+    rng = np.random.default_rng(0)
+    f = np.linspace(0, 1, 128)
+    envelopes = [0.1 * np.cos(2 * np.pi * f * m + phase) for m, phase in ((1, 0), (2, 1), (3, 2))]
+    means, stds, labels = [], [], []
+    for label, envelope in enumerate(envelopes):
+        for _ in range(12):
+            means.append(envelope + rng.uniform(-0.3, 0.3) + rng.normal(0, 0.01, 128))
+            stds.append(0.05 + rng.uniform(0, 0.01, 128))
+            labels.append(label)
+    means, stds, labels = np.stack(means), np.stack(stds), np.array(labels)
+    plain = KMeans(3, n_init=10, random_state=0).fit_predict(means)
+    assert adjusted_rand_score(labels, plain) < 0.5  # the levels dominate plain K-means
+    clusters = cepstral_clusters(means, stds, 3)
+    assert adjusted_rand_score(labels, clusters) == 1.0
+    with pytest.raises(ValueError, match="at least 4 clips"):
+        cepstral_clusters(means[:3], stds[:3], 4)
 
 
 def test_bad_shapes_are_refused():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 from hearproto.audio import PRESETS
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
@@ -133,12 +134,14 @@ def test_initialisation_from_data():
     means = np.concatenate([rng.normal(c, 0.01, size=(10, 128)) for c in (0.2, 0.5, 0.8)])
     labels = np.repeat(np.arange(3), 10)
     model = PrototypeModel(3, PRESETS["speakers"])
-    init_prototypes(model, means, labels, seed=0)
+    assert init_prototypes(model, means, labels, seed=0) is None  # supervised: no clusters
     expected = torch.tensor(np.stack([means[labels == c].mean(0) for c in range(3)]), dtype=torch.float32)
     assert (model.prototypes - expected).abs().mean() < 0.02  # class means + 0.01 N noise
-    init_prototypes(model, means, None, seed=0)  # k-means++: one centre near each cluster
+    clusters = init_prototypes(model, means, None, seed=0)  # k-means++: a centre per cluster
     levels = sorted(model.prototypes.mean(1).tolist())
     assert levels == pytest.approx([0.2, 0.5, 0.8], abs=0.02)
+    # each clip's cluster is the centre it is nearest to: one cluster per level
+    assert adjusted_rand_score(labels, clusters) == 1.0
     with pytest.raises(ValueError, match="at least 5 training clips"):
         init_prototypes(PrototypeModel(5, PRESETS["speakers"]), means[:4], None, seed=0)
 
@@ -156,12 +159,24 @@ def test_level_kmeans_initialisation_follows_shape_not_loudness():
             labels += [label] * 5
     means, labels = np.concatenate(means), np.array(labels)
     model = PrototypeModel(3, PRESETS["speakers"])
-    init_prototypes(model, means, None, seed=0, method="level-kmeans")
+    clusters = init_prototypes(model, means, None, seed=0, method="level-kmeans")
+    assert adjusted_rand_score(labels, clusters) == 1.0  # the clips' clusters: the shapes
     centred = model.prototypes.detach().numpy()
     centred = centred - centred.mean(1, keepdims=True)
     matched = sorted(int(np.argmax([c @ s for s in shapes])) for c in centred)
     assert matched == [0, 1, 2]  # one prototype per shape
     assert model.prototypes.mean().item() == pytest.approx(0.5, abs=0.02)  # the average level
+    # cepstral: every coefficient is standardised, so noise in the unused ones must be small
+    means = np.concatenate([shape + level + rng.normal(0, 0.001, size=(5, 128))
+                            for shape in shapes for level in (0.2, 0.5, 0.8)])
+    stds = np.full_like(means, 0.1)  # the same deviation everywhere: the means decide
+    clusters = init_prototypes(model, means, None, seed=0, method="cepstral", clip_stds=stds)
+    assert adjusted_rand_score(labels, clusters) == 1.0  # cepstra ignore the level too
+    cluster_means = torch.tensor(np.stack([means[clusters == c].mean(0) for c in range(3)]),
+                                 dtype=torch.float32)
+    assert (model.prototypes - cluster_means).abs().mean() < 0.02  # + 0.01 N noise
+    with pytest.raises(ValueError, match="needs clip_stds"):
+        init_prototypes(model, means, None, seed=0, method="cepstral")
     init_prototypes(model, means, None, seed=0, method="kmeans++")
     with pytest.raises(ValueError, match="method must be one of"):
         init_prototypes(model, means, None, seed=0, method="random")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from sklearn.metrics import adjusted_rand_score
 from torch.nn import functional as nnf
 
 from hearproto import cli
@@ -113,6 +114,33 @@ def test_unsupervised_training_and_reassignment(tones, tmp_path):
     assert (after[2] - before[donor]).abs().max() < 0.1  # a noisy copy of a donor
     torch.testing.assert_close(head.weight[2], head.weight[donor])
     assert trainer.fit()["epochs"] == 2  # training goes on from the reassigned state
+
+
+def test_held_stages_train_each_clip_on_its_initial_cluster(tones, tmp_path):
+    cfg = config(tones, tmp_path / "held", mode="unsupervised", epochs=1, held_stages=["gain"])
+    trainer = Trainer(cfg, progress=False)
+    trainer._fresh_start()
+    truth = trainer.train_clips.labels
+    assert adjusted_rand_score(truth, trainer.held_labels) == 1.0  # the initial clusters
+    trainer._enter_stage(1)  # gain: held
+    trainer.held_labels = torch.zeros_like(truth)  # hold every clip in prototype 0
+    before = trainer.model.prototypes.detach().clone()
+    trainer._epoch(None)
+    moved = (trainer.model.prototypes.detach() - before).abs().amax(1)
+    assert moved[0] > 1e-4 and moved[1:].max() == 0  # only the holding prototype learns
+    trainer._enter_stage(2)  # pitch: free, each clip trains the prototype that fits it best
+    before = trainer.model.prototypes.detach().clone()
+    trainer._epoch(None)
+    assert ((trainer.model.prototypes.detach() - before).abs().amax(1) > 1e-4).all()
+    assert torch.equal(trainer._payload()["held_labels"], torch.zeros_like(truth))  # resumable
+
+
+def test_held_stages_are_checked():
+    with pytest.raises(ValueError, match="held_stages: unknown stage 'warmup'"):
+        TrainConfig(mode="unsupervised", held_stages=["gain", "warmup"])
+    # supervised, the labels hold every clip already: the setting changes nothing
+    assert stages_for("supervised", ["gain"]) == stages_for("supervised")
+    assert stages_for("unsupervised", ["ce"]) == stages_for("supervised")
 
 
 class Crash(Exception):
