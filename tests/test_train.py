@@ -285,8 +285,10 @@ def test_cross_entropy_stage_adds_accuracy(timbres, tmp_path):
 def test_unsupervised_default_recipe_recovers_the_clusters(tones, tmp_path):
     out = tmp_path / "clusters"
     cfg = config(tones, out, recipe="default", mode="unsupervised", epochs=1000,
-                 stage_steps=4, val_every=1000)
+                 stage_steps=4, ce_stage_steps=4, val_every=1000)
     assert train(cfg, progress=False)["stop_reason"] == "curriculum complete"
+    # the default holds the cepstral clusters through every stage, cross-entropy included
+    assert sorted(p.stem for p in (out / "stages").glob("*.pt")) == sorted(stages_for("supervised"))
     for split in ("train", "test"):
         scores = evaluate_checkpoint(out / "last.pt", split, device="cpu")
         assert scores["OA"] == 100.0, (split, scores)
