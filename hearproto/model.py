@@ -340,7 +340,8 @@ def init_prototypes(model: PrototypeModel, clip_means: np.ndarray, labels: np.nd
         elif method == "cepstral":
             if clip_stds is None:
                 raise ValueError("the cepstral initialisation needs clip_stds")
-            clusters = cepstral_clusters(means, np.asarray(clip_stds, dtype=np.float64), k)
+            clusters = cepstral_clusters(means, np.asarray(clip_stds, dtype=np.float64), k,
+                                         seed=seed)
             centres = np.stack([means[clusters == c].mean(0) for c in range(k)])
         else:
             levels = means.mean(axis=1, keepdims=True)

@@ -113,6 +113,9 @@ def test_cepstral_clusters_follow_the_envelope_not_the_level():
     assert adjusted_rand_score(labels, plain) < 0.5  # the levels dominate plain K-means
     clusters = cepstral_clusters(means, stds, 3)
     assert adjusted_rand_score(labels, clusters) == 1.0
+    # many clips: K-means on the same features instead of Ward, same clusters here
+    many = cepstral_clusters(means, stds, 3, ward_max_clips=10)
+    assert adjusted_rand_score(labels, many) == 1.0
     with pytest.raises(ValueError, match="at least 4 clips"):
         cepstral_clusters(means[:3], stds[:3], 4)
 
