@@ -66,7 +66,7 @@ def test_tables_train_once_and_carry_provenance(tones, tmp_path):
     ablation, ablation_rows = table1("folder", "ci", root=str(tones), device="cpu",
                                      progress=False)
     assert last.stat().st_mtime_ns == stamp  # the finished run was reused, not retrained
-    assert list(ablation["mode"]) == ["unsupervised"] * 4 + ["supervised"] * 5
+    assert list(ablation["mode"]) == ["unsupervised"] * 5 + ["supervised"] * 5
     assert list(ablation["stage"])[-1] == "+ cross-entropy"
     assert (ablation_rows["split"] == "val").all()
 

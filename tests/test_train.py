@@ -270,8 +270,11 @@ def test_default_recipe_stages_count_steps(tones, tmp_path):
 
 
 def test_cross_entropy_stage_adds_accuracy(timbres, tmp_path):
-    """The guard of issue 13: once every transformation is on, any prototype fits any of
-    these timbres; the cross-entropy stage must make the prototypes tell them apart again."""
+    """The guard of issue 13: once every transformation is on, prototypes fit other classes'
+    timbres too; the cross-entropy stage must make them tell the classes apart again, at
+    least halving the training clips the filters stage gets wrong (75.8-84.8 % right there
+    over seeds and thread counts, 93.9-100 % after the cross-entropy; an inert stage
+    changes nothing)."""
     out = tmp_path / "ce"
     cfg = config(timbres, out, recipe="default", epochs=1000, stage_steps=6,
                  ce_stage_steps=60, val_every=1000, k_chunk=3, eval_batch_size=64)
@@ -279,7 +282,8 @@ def test_cross_entropy_stage_adds_accuracy(timbres, tmp_path):
     accuracy = {stage: evaluate_checkpoint(out / "stages" / f"{stage}.pt", "train",
                                            device="cpu")["OA"]
                 for stage in ("filters", "lr_decay")}
-    assert accuracy["lr_decay"] >= accuracy["filters"] + 10, accuracy
+    wrong_before, wrong_after = 100 - accuracy["filters"], 100 - accuracy["lr_decay"]
+    assert wrong_after < wrong_before and wrong_after <= wrong_before / 2, accuracy
 
 
 def test_unsupervised_default_recipe_recovers_the_clusters(tones, tmp_path):
