@@ -24,7 +24,7 @@ from hearproto.files import atomic_path
 from hearproto.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, paper_table2, paper_table3
 from hearproto.results import RESULT_COLUMNS, describe_device, result_row, write_table
 from hearproto.runs import ensure_run, run_config, stage_checkpoint
-from hearproto.train import evaluate_checkpoint, read_checkpoint, resolve_device
+from hearproto.train import evaluate_checkpoint, read_checkpoint, resolve_device, stages_for
 
 __all__ = ["HEADLINE_SEEDS", "evaluate_rows", "table1", "table2", "table3", "write_tables"]
 
@@ -72,10 +72,12 @@ def table1(dataset: str, scale: str, seed: int = 0, root: str | None = None,
     stage, for our unsupervised and supervised runs."""
     entries = []
     for mode in ("unsupervised", "supervised"):
-        run = ensure_run(run_config(f"ours-{mode}", dataset, scale, seed, root, device, runs_dir,
-                                    n_speakers), progress)
+        config = run_config(f"ours-{mode}", dataset, scale, seed, root, device, runs_dir,
+                            n_speakers)
+        run = ensure_run(config, progress)
+        curriculum = stages_for(config.mode, config.held_stages)
         for stage in STAGE_LABELS:
-            if stage == "ce" and not (Path(run) / "stages" / "ce.pt").is_file():
+            if stage not in curriculum:
                 continue  # unsupervised without held clusters: no cross-entropy stage
             entries.append((stage_checkpoint(run, stage), {"method": f"ours {mode}"}))
     runs = evaluate_rows(entries, "val", device, root)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from hearproto.audio import FrontEnd
 from hearproto.data import PreparedDataset, prepare_dataset
-from hearproto.data.dataset import ClipDataset, crop_or_tile, whole_clip_batches
+from hearproto.data.dataset import ClipDataset, clip_statistics, crop_or_tile, whole_clip_batches
 from hearproto.files import atomic_path
 from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import (BETA_PARAMETRISATIONS, TRANSFORMATIONS, UNSUPERVISED_INITS,
@@ -468,9 +468,7 @@ class Trainer:
 
     def _fresh_start(self) -> None:
         self.loader_generator.manual_seed(self.config.seed)
-        clips = [np.asarray(self.train_clips.frames(i), dtype=np.float64)
-                 for i in range(len(self.train_clips))]
-        means, stds = np.stack([c.mean(0) for c in clips]), np.stack([c.std(0) for c in clips])
+        means, stds = clip_statistics(self.train_clips)
         labels = self.train_clips.labels.numpy() if self.config.mode == "supervised" else None
         clusters = init_prototypes(self.model, means, labels, self.config.seed,
                                    method=self.config.unsupervised_init, clip_stds=stds)

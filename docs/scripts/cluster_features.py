@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from hearproto.clustering import cepstral_features
 from hearproto.data import prepare_dataset
+from hearproto.data.dataset import clip_statistics
 from hearproto.metrics import majority_mapping
 
 MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "librispeech-mini"
@@ -57,9 +58,7 @@ def main(names: list[str]) -> None:
     for name in names:
         data = prepare_dataset(progress=False, **DATASETS[name])
         train = data.split("train", None)
-        clips = [np.asarray(train.frames(i), dtype=np.float64) for i in range(len(train))]
-        means = np.stack([clip.mean(0) for clip in clips])
-        stds = np.stack([clip.std(0) for clip in clips])
+        means, stds = clip_statistics(train)
         labels, k = train.labels.numpy(), train.num_classes
         for label, x in descriptions(means, stds).items():
             methods = (KMeans(k, n_init=10, random_state=0),

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from hearproto.audio import FrontEnd
 from hearproto.data.cache import FeatureStore
 
-__all__ = ["ClipDataset", "crop_or_tile", "pad_collate", "tile_frames", "whole_clip_batches"]
+__all__ = ["ClipDataset", "clip_statistics", "crop_or_tile", "pad_collate", "tile_frames",
+           "whole_clip_batches"]
 
 
 def crop_or_tile(frames: np.ndarray, length: int, start: int) -> np.ndarray:
@@ -103,6 +104,13 @@ def pad_collate(
     for i, (x, _) in enumerate(batch):
         out[i, : x.shape[0]] = x
     return out, torch.tensor([y for _, y in batch]), lengths
+
+
+def clip_statistics(dataset: ClipDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Each whole clip's log-Mel mean and standard deviation over time, in float64: two
+    ``(N, F)`` arrays."""
+    clips = [np.asarray(dataset.frames(i), dtype=np.float64) for i in range(len(dataset))]
+    return np.stack([c.mean(0) for c in clips]), np.stack([c.std(0) for c in clips])
 
 
 def whole_clip_batches(dataset: ClipDataset, batch_size: int
