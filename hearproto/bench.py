@@ -4,6 +4,12 @@ One step = forward (all K reconstructions errors, every transformation active), 
 loss with cross-entropy, backward and an AdamW update, on random log-Mels. Each (shape, batch)
 runs in a fresh subprocess so that its peak memory is its own: on CPU the peak resident set
 size (VmHWM), on CUDA ``torch.cuda.max_memory_allocated``.
+
+The authors' implementation is the yardstick. With ``reference=`` (``--reference DIR``, a
+checkout of their public repository) it is timed in the same run by ``refbench.py`` (the
+project's shared tool; it needs a Python with omegaconf, hydra-core and pytorch_lightning,
+``--reference-python``), and each row gets its figures. Otherwise the rows carry the anchor
+figures below, measured side by side on our machines (``anchor_*``).
 """
 
 from __future__ import annotations
@@ -14,16 +20,21 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-__all__ = ["SHAPES", "run_benchmarks", "bench_step"]
+__all__ = ["SHAPES", "ANCHORS", "run_benchmarks", "bench_step", "reference_benchmarks"]
 
 #: name -> (K prototypes, T frames, front-end preset); F = 128 mel bins.
 SHAPES = {"sol": (33, 256, "instruments"), "librispeech": (128, 192, "speakers")}
-#: The authors' implementation measured on our 2-core machines (DESIGN.md): clips/s, peak GB.
-AUTHORS_CPU = {("sol", 16): (9.0, 1.5), ("sol", 128): (6.0, 8.9),
-               ("librispeech", 16): (3.0, 3.1), ("librispeech", 64): (2.4, 11.2)}
+#: The authors' implementation (fp32), timed side by side with ours (2026-11-26): (device
+#: kind, shape, batch size) -> (clips/s, peak GB). CPU: our 2-core machines; CUDA: one H200.
+ANCHORS = {("cpu", "sol", 16): (10.75, 1.58), ("cpu", "librispeech", 16): (4.06, 3.22),
+           ("cpu", "sol", 128): (6.0, 8.9), ("cpu", "librispeech", 64): (2.4, 11.2),
+           ("cuda", "sol", 128): (1442.0, 8.4), ("cuda", "librispeech", 128): (1105.0, 21.3)}
+#: Our shape names -> refbench.py's.
+REFERENCE_SHAPES = {"sol": "sol", "librispeech": "libri"}
 
 
 def _peak_rss_bytes() -> int:
@@ -36,9 +47,12 @@ def _peak_rss_bytes() -> int:
 
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
                k_chunk: int = 8, bf16: bool = False, threads: int | None = None,
-               compiled: bool = True) -> dict:
-    """Time ``repeats`` training steps (after one warm-up) in this process."""
+               compiled: bool = True, kernel: str = "fused") -> dict:
+    """Time ``repeats`` training steps (after one warm-up) in this process. ``kernel``:
+    ``fused`` (:mod:`hearproto.kernels`) or ``torch`` (chunks of tensor operations,
+    ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``)."""
     from hearproto.audio import PRESETS
+    from hearproto.kernels import fused_available, use_backend
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
     from hearproto.train import loss_from_errors
 
@@ -54,8 +68,12 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     x = torch.rand(batch_size, t, 128, device=dev)
     y = torch.randint(k, (batch_size,), device=dev)
 
+    if kernel == "fused" and not fused_available(dev):
+        raise RuntimeError(f"no fused kernel on {device} here (see the warning above)")
+
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
+        with use_backend(kernel), torch.autocast("cuda", dtype=torch.bfloat16,
+                                                 enabled=bf16 and dev.type == "cuda"):
             errors = model.errors(x, k_chunk, compiled)[0].float()
         loss = loss_from_errors(errors, y, "supervised", model.beta, 0.01, True)
         optimizer.zero_grad(set_to_none=True)
@@ -76,54 +94,131 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     seconds = sorted(times)[len(times) // 2]
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _peak_rss_bytes()
     result = {"shape": shape, "K": k, "T": t, "F": 128, "batch_size": batch_size,
-              "device": device, "bf16": bf16, "k_chunk": k_chunk, "compiled": compiled,
+              "device": device, "kernel": kernel, "bf16": bf16, "k_chunk": k_chunk,
+              "compiled": compiled and kernel == "torch",
               "threads": torch.get_num_threads(),
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
-    authors = AUTHORS_CPU.get((shape, batch_size)) if dev.type == "cpu" else None
-    if authors:
-        result["authors_clips_per_second"], result["authors_peak_memory_gb"] = authors
-        result["speedup_vs_authors"] = round(result["clips_per_second"] / authors[0], 2)
+    anchor = ANCHORS.get((dev.type, shape, batch_size))
+    if anchor:
+        result["anchor_clips_per_second"], result["anchor_peak_memory_gb"] = anchor
+        result["speedup_vs_anchor"] = round(result["clips_per_second"] / anchor[0], 2)
     return result
+
+
+def default_refbench() -> Path:
+    """``shared/tools/refbench.py`` beside this repository (the project's layout)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "tools" / "refbench.py"
+
+
+def reference_benchmarks(source: str | Path, device: str, shapes: list[str],
+                         batch_sizes: list[int], threads: int | None,
+                         python: str | None = None, refbench: str | Path | None = None
+                         ) -> dict[tuple[str, int], dict]:
+    """The authors' training step timed by ``refbench.py`` from their checkout ``source``:
+    ``(shape, batch size) -> {"clips_per_second", "peak_memory_gb"}`` or ``{"error": ...}``."""
+    script = Path(refbench) if refbench else default_refbench()
+    if not script.is_file():
+        raise FileNotFoundError(f"refbench.py not found at {script}; pass its path with "
+                                "--refbench")
+    if not (Path(source) / "amodelyoucanhear").is_dir():
+        raise FileNotFoundError(f"{source} is not a checkout of the authors' repository (no "
+                                "amodelyoucanhear/ in it); pass the checkout with --reference")
+    command = [python or sys.executable, str(script), "--src", str(source),
+               "--device", "cuda" if device.startswith("cuda") else "cpu",
+               "--shapes", ",".join(REFERENCE_SHAPES[s] for s in shapes),
+               "--batch-sizes", ",".join(map(str, batch_sizes)),
+               "--threads", str(threads or torch.get_num_threads())]
+    done = subprocess.run(command, capture_output=True, text=True)
+    ours = {v: k for k, v in REFERENCE_SHAPES.items()}
+    rows = {}
+    for line in done.stdout.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        key = (ours.get(row.get("shape"), row.get("shape")), int(row.get("B", 0)))
+        if "clips_per_s" in row:
+            memory_mb = row["peak_cuda_mb"] if row.get("peak_cuda_mb") else row["peak_rss_mb"]
+            rows[key] = {"clips_per_second": row["clips_per_s"],
+                         "peak_memory_gb": round(memory_mb / 1024, 3)}
+        else:
+            rows[key] = {"error": row.get("error") or row.get("skipped") or "no result"}
+    if not rows:
+        raise RuntimeError(f"refbench.py gave no result (exit {done.returncode}):\n"
+                           f"{done.stderr[-2000:]}")
+    return rows
 
 
 def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
                    batch_sizes: list[int] | None = None, repeats: int = 3, k_chunk: int = 8,
-                   bf16: bool = False, threads: int | None = None, compiled: bool = True) -> dict:
-    """Every (shape, batch size), each in a fresh subprocess. Returns a JSON-ready dict."""
+                   bf16: bool = False, threads: int | None = None, compiled: bool = True,
+                   kernels: list[str] | None = None, reference: str | Path | None = None,
+                   reference_python: str | None = None,
+                   refbench: str | Path | None = None) -> dict:
+    """Every (shape, batch size, kernel), each in a fresh subprocess, the kernels side by side
+    (default: fused and torch), and the authors' code when ``reference`` names its checkout.
+    Returns a JSON-ready dict."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = []
-    for shape in shapes or list(SHAPES):
+    shapes, batch_sizes = shapes or list(SHAPES), batch_sizes or [16, 128]
+    for shape in shapes:
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
-        for batch_size in batch_sizes or [16, 128]:
-            command = [sys.executable, "-m", "hearproto.bench", "--one", shape, str(batch_size),
-                       device, str(repeats), str(k_chunk), str(int(bf16)), str(threads or 0),
-                       str(int(compiled))]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"benchmark {shape} B={batch_size} failed:\n{done.stderr[-2000:]}")
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    measured = (reference_benchmarks(reference, device, shapes, batch_sizes, threads,
+                                     reference_python, refbench) if reference else {})
+    results = []
+    for shape in shapes:
+        for batch_size in batch_sizes:
+            for kernel in kernels or ["fused", "torch"]:
+                if kernel not in ("fused", "torch"):
+                    raise ValueError(f"unknown kernel {kernel!r}; choose from fused, torch")
+                arguments = {"shape": shape, "batch_size": batch_size, "device": device,
+                             "repeats": repeats, "k_chunk": k_chunk, "bf16": bf16,
+                             "threads": threads, "compiled": compiled, "kernel": kernel}
+                command = [sys.executable, "-m", "hearproto.bench", "--one",
+                           json.dumps(arguments)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"benchmark {shape} B={batch_size} ({kernel}) failed:\n"
+                                       f"{done.stderr[-2000:]}")
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                theirs = measured.get((shape, batch_size))
+                if theirs is not None:
+                    row.update({f"reference_{k}": v for k, v in theirs.items()})
+                    if "clips_per_second" in theirs:
+                        row["speedup_vs_reference"] = round(
+                            row["clips_per_second"] / theirs["clips_per_second"], 2)
+                results.append(row)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor()
     return {"device": device, "device_name": name or platform.machine(),
             "torch": torch.__version__, "results": results}
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{report['device']} ({report['device_name']}), torch {report['torch']}",
-             f"{'shape':12} {'B':>4} {'s/step':>8} {'clips/s':>8} {'peak GB':>8} {'authors clips/s, GB':>20}"]
+    """The rows as a table; the authors' figures are the reference run's, else the anchors."""
+    source = "reference" if any("reference_clips_per_second" in r or "reference_error" in r
+                                for r in report["results"]) else "anchor"
+    lines = [f"{report['device']} ({report['device_name']}), torch {report['torch']}; "
+             f"authors' code: {'measured in this run' if source == 'reference' else 'anchor figures (ANCHORS)'}",
+             f"{'shape':12} {'B':>4} {'kernel':>6} {'s/step':>8} {'clips/s':>8} {'peak GB':>8} "
+             f"{'authors clips/s, GB':>20} {'speed-up':>8}"]
     for r in report["results"]:
-        authors = (f"{r['authors_clips_per_second']:.1f}, {r['authors_peak_memory_gb']:.1f}"
-                   if "authors_clips_per_second" in r else "")
-        lines.append(f"{r['shape']:12} {r['batch_size']:>4} {r['seconds_per_step']:>8.3f} "
-                     f"{r['clips_per_second']:>8.1f} {r['peak_memory_gb']:>8.2f} {authors:>20}")
+        authors, ratio = "", ""
+        if f"{source}_clips_per_second" in r:
+            authors = (f"{r[f'{source}_clips_per_second']:.1f}, "
+                       f"{r[f'{source}_peak_memory_gb']:.2f}")
+            ratio = f"{r[f'speedup_vs_{source}']:.2f}x"
+        elif f"{source}_error" in r:
+            authors = r[f"{source}_error"][:20]
+        lines.append(f"{r['shape']:12} {r['batch_size']:>4} {r.get('kernel', ''):>6} "
+                     f"{r['seconds_per_step']:>8.3f} "
+                     f"{r['clips_per_second']:>8.1f} {r['peak_memory_gb']:>8.2f} {authors:>20} "
+                     f"{ratio:>8}")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":  # one measurement, in its own process
     parser = argparse.ArgumentParser()
-    parser.add_argument("--one", nargs=8, required=True)
-    shape, batch, device, repeats, k_chunk, bf16, threads, compiled = parser.parse_args().one
-    print(json.dumps(bench_step(shape, int(batch), device, int(repeats), int(k_chunk),
-                                bool(int(bf16)), int(threads) or None, bool(int(compiled)))))
+    parser.add_argument("--one", required=True, help="bench_step's arguments, as JSON")
+    print(json.dumps(bench_step(**json.loads(parser.parse_args().one))))

@@ -96,6 +96,27 @@ def _data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_settings(settings: list[str], config_class: type) -> dict:
+    """``--set FIELD=VALUE`` options -> ``{field: value}``, VALUE read as JSON (else a
+    string); an unknown field is an error that lists the known ones."""
+    import dataclasses
+    import json
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    values = {}
+    for setting in settings:
+        name, sep, text = setting.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {setting!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(fields))}")
+        try:
+            values[name] = json.loads(text)
+        except json.JSONDecodeError:
+            values[name] = text
+    return values
+
+
 def _train(args: argparse.Namespace) -> int:
     common = dict(
         dataset=args.dataset, root=args.root, out=args.out, max_minutes=args.max_minutes,
@@ -110,10 +131,10 @@ def _train(args: argparse.Namespace) -> int:
         from hearproto.baselines.trainer import BaselineConfig, train_baseline
 
         ours_only = args.mode != "supervised" or args.prototypes is not None \
-            or args.beta_init is not None or args.recipe is not None
+            or args.beta_init is not None or args.recipe is not None or args.set
         if ours_only:
-            raise ValueError(f"--mode, --prototypes, --recipe and --beta-init belong to our "
-                             f"model, not --model {args.model} (the autoencoder is scored by "
+            raise ValueError(f"--mode, --prototypes, --recipe, --beta-init and --set belong to "
+                             f"our model, not --model {args.model} (the autoencoder is scored by "
                              "K-means at evaluation)")
         summary = train_baseline(BaselineConfig(model=args.model, **common, **given))
         print(f"{summary['out']}: {args.model}, {summary['epochs']} epochs, "
@@ -123,6 +144,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.beta_init is not None:
         given["beta_init"] = args.beta_init
+    given.update(_config_settings(args.set, TrainConfig))
     config = TrainConfig.from_recipe(args.recipe or "default", mode=args.mode,
                                      prototypes=args.prototypes, bf16=args.bf16,
                                      compile=not args.no_compile, **common, **given)
@@ -218,7 +240,8 @@ def _bench(args: argparse.Namespace) -> int:
         device=args.device, shapes=args.shapes.split(",") if args.shapes else None,
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
         repeats=args.repeats, k_chunk=args.k_chunk, bf16=args.bf16, threads=args.threads,
-        compiled=not args.no_compile)
+        compiled=not args.no_compile, kernels=args.kernels.split(","), reference=args.reference,
+        reference_python=args.reference_python, refbench=args.refbench)
     print(json.dumps(report, indent=1) if args.json else format_table(report))
     return 0
 
@@ -305,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ours, supervised: b of beta = softplus(b) (paper recipe) or exp(b), "
                        "the inverse temperature of the cross-entropy (default -4, the paper's; "
                        "the default recipe then calibrates beta when the cross-entropy starts)")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="ours: any TrainConfig field, VALUE in JSON (repeatable), e.g. "
+                       "--set ce_stage_steps=1800 --set 'held_stages=[]' (docs/training.md "
+                       "lists the fields of each recipe)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -350,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int)
     bench.add_argument("--no-compile", action="store_true",
                        help="eager mode instead of the torch.compile'd error")
+    bench.add_argument("--kernels", default="fused,torch",
+                       help="reconstruction errors to time side by side: fused (C on CPU, "
+                       "Triton on CUDA) and/or torch (default: fused,torch)")
+    bench.add_argument("--reference", metavar="DIR",
+                       help="a checkout of the authors' repository: time their training step "
+                       "in the same run (refbench.py)")
+    bench.add_argument("--reference-python", metavar="PYTHON",
+                       help="the Python that runs refbench.py, with omegaconf, hydra-core and "
+                       "pytorch_lightning installed (default: this one)")
+    bench.add_argument("--refbench", metavar="PATH",
+                       help="refbench.py (default: shared/tools/refbench.py beside the repository)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 

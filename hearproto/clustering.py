@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.fft import dct
-from sklearn.cluster import AgglomerativeClustering, KMeans
 from torch import Tensor
 
 from hearproto.transforms import MelBins, pitch_shift
@@ -53,6 +52,8 @@ def cepstral_clusters(means: np.ndarray, stds: np.ndarray, k: int, coefficients:
     """Each clip's cluster ``(N,)`` in ``0..k-1``: Ward clustering of
     :func:`cepstral_features` (deterministic), or K-means from ``seed`` when N is above
     ``ward_max_clips`` (on speakers, Ward 80.5 % and K-means 74.2 %, docs/training.md)."""
+    from sklearn.cluster import AgglomerativeClustering, KMeans  # imported when clustering
+
     if len(means) < k:
         raise ValueError(f"{k} clusters need at least {k} clips, got {len(means)}")
     features = cepstral_features(means, stds, coefficients)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans, kmeans_plusplus
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
@@ -52,6 +51,14 @@ def conv_block(conv: nn.Module, channels: int, two_d: bool) -> nn.Sequential:
     return nn.Sequential(conv, nn.ReLU(inplace=True), norm)
 
 
+def frequency_pool(h: Tensor, pool: nn.Conv2d) -> Tensor:
+    """``pool`` (a conv whose kernel spans the whole frequency height, ``(C_out, C, 1, H)``)
+    applied to ``h`` ``(B, C, T, H)`` as one contraction: ``(B, C_out, T)``. The same numbers
+    as ``pool(h).squeeze(-1)``, with a backward pass 2-3x faster on CPU (oneDNN's convolution
+    backward is slow for these shapes: a quarter of a training step at the first level)."""
+    return torch.einsum("bcth,och->bot", h, pool.weight[:, :, 0]) + pool.bias[:, None]
+
+
 class Encoder(nn.Module):
     """``(B, T, F)`` -> bottleneck ``(B, 64, T/16)`` and skips ``[(B, 2, T/2^i)]``, i = 0..3.
 
@@ -82,7 +89,7 @@ class Encoder(nn.Module):
         skips = []
         for level, pool, down in zip(self.levels, self.pools, self.downs):
             h = level(h)
-            skips.append(pool(h).squeeze(-1))  # (B, 2, T / 2^i)
+            skips.append(frequency_pool(h, pool))  # (B, 2, T / 2^i)
             h = down(h)
         return self.collapse(self.last(h)).squeeze(-1), skips
 
@@ -323,6 +330,8 @@ def init_prototypes(model: PrototypeModel, clip_means: np.ndarray, labels: np.nd
     its prototypes are the mean clip of each cluster. Returns, unsupervised, the cluster
     ``(N,)`` the initialisation put each clip in (k-means++: its nearest centre); supervised,
     None."""
+    from sklearn.cluster import KMeans, kmeans_plusplus  # here: the model itself needs none
+
     k = model.num_prototypes
     if method not in UNSUPERVISED_INITS:
         raise ValueError(f"method must be one of {UNSUPERVISED_INITS}, got {method!r}")

@@ -17,7 +17,8 @@ The transformations, applied in the order pitch -> gain -> filters:
   :func:`spectral_filters`, :func:`filter_params_from_raw`).
 
 :func:`reconstruct` composes them; :func:`reconstruction_error` gives the per (clip,
-prototype) mean squared error, optionally in memory-frugal chunks of prototypes.
+prototype) mean squared error, by a fused kernel (:mod:`hearproto.kernels`) where one
+applies, else in memory-frugal chunks of prototypes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch.nn import functional as nnf
 from torch.utils.checkpoint import checkpoint
 
 from hearproto.audio import FrontEnd
+from hearproto.kernels import fused_error
 
 __all__ = [
     "MEL_A",
@@ -334,9 +336,17 @@ def reconstruction_error(
     at once. The results do not depend on ``k_chunk``. ``compiled`` fuses each chunk with
     ``torch.compile`` (about 2x faster on CPU, compiled once per shape; falls back to eager
     with a warning where compiling is unavailable).
+
+    Where a fused kernel takes the inputs (:mod:`hearproto.kernels`: float32, fp16 or bf16 on
+    the CPU or CUDA, ``x`` without gradient) it computes the same values and gradients in one
+    pass, and ``k_chunk`` and ``compiled`` do not matter; ``HEARPROTO_KERNEL=torch`` or
+    ``hearproto.kernels.use_backend("torch")`` selects the path above.
     """
     if k_chunk is not None and k_chunk < 1:
         raise ValueError(f"k_chunk must be a positive integer or None, got {k_chunk}")
+    fused = fused_error(x, prototypes, pitch, gain, filters, constants)
+    if fused is not None:
+        return fused
     n_protos = prototypes.shape[0] if prototypes.ndim == 2 else prototypes.shape[1]
     tensors = [t for t in (x, prototypes, pitch, gain, filters) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

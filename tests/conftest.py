@@ -3,9 +3,17 @@ built once per test session."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+
+# Without a GPU, Triton kernels run under Triton's interpreter (tests/test_kernels.py). The
+# variable must be set before triton is first imported, which torch.compile does.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np
 import pytest

@@ -110,7 +110,14 @@ def test_cuda_matches_cpu():
     cpu = LogMel.for_speakers()(y)
     gpu = LogMel.for_speakers().cuda()(y.cuda())
     assert gpu.is_cuda
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+    # In the power domain: float32 STFTs differ by rounding of ~1e-7 of the peak power in
+    # every bin. In the log domain that rounding is huge in bins at the noise floor (1e-10
+    # of the peak: a 440 Hz tone's top mel bins), so log values are compared above it only.
+    power_cpu, power_gpu = inverse_log_scale(cpu), inverse_log_scale(gpu.cpu())
+    peak = float(power_cpu.max())
+    torch.testing.assert_close(power_gpu, power_cpu, rtol=1e-3, atol=1e-5 * peak)
+    audible = power_cpu > 1e-6 * peak  # 60 dB below the peak
+    torch.testing.assert_close(gpu.cpu()[audible], cpu[audible], rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------

@@ -19,7 +19,33 @@ def test_bench_cli_json(capsys):
     assert cli.main(["bench", "--shapes", "librispeech", "--batch-sizes", "2", "--repeats", "1",
                      "--no-compile", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    (row,) = report["results"]
-    assert report["device"] == "cpu" and row["K"] == 128 and row["T"] == 192
-    assert "speedup_vs_authors" not in row  # the authors were measured at B = 16 and 64 only
+    fused, eager = report["results"]  # the kernels side by side, fused first
+    assert (fused["kernel"], eager["kernel"]) == ("fused", "torch")
+    for row in (fused, eager):
+        assert report["device"] == "cpu" and row["K"] == 128 and row["T"] == 192
+        assert "speedup_vs_anchor" not in row  # the anchors are at B = 16, 64 and 128 only
     assert cli.main(["bench", "--shapes", "imagenet"]) == 2
+
+
+def test_reference_figures_are_merged_by_shape_and_batch(tmp_path, capsys):
+    """--reference: refbench.py's JSON lines (its shape names, MB) become each row's
+    reference columns (ours, GB) and speed-up; a configuration it could not run says why."""
+    checkout = tmp_path / "authors"
+    (checkout / "amodelyoucanhear").mkdir(parents=True)
+    fake = tmp_path / "refbench.py"
+    fake.write_text(
+        "import json, sys\n"
+        "assert sys.argv[sys.argv.index('--shapes') + 1] == 'libri'\n"
+        "print('some log line')\n"
+        "print(json.dumps({'shape': 'libri', 'B': 2, 'clips_per_s': 0.5, "
+        "'peak_rss_mb': 2048.0, 'peak_cuda_mb': None}))\n"
+        "print(json.dumps({'shape': 'libri', 'B': 3, 'skipped': 'estimated peak RSS'}))\n")
+    assert cli.main(["bench", "--shapes", "librispeech", "--batch-sizes", "2,3", "--repeats",
+                     "1", "--no-compile", "--kernels", "torch", "--reference", str(checkout),
+                     "--refbench", str(fake), "--json"]) == 0
+    two, three = json.loads(capsys.readouterr().out)["results"]
+    assert two["reference_clips_per_second"] == 0.5 and two["reference_peak_memory_gb"] == 2.0
+    assert two["speedup_vs_reference"] == round(two["clips_per_second"] / 0.5, 2)
+    assert three["reference_error"] == "estimated peak RSS" and "speedup_vs_reference" not in three
+    assert cli.main(["bench", "--reference", str(tmp_path), "--refbench", str(fake)]) == 2
+    assert "not a checkout of the authors' repository" in capsys.readouterr().err

@@ -8,10 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 from torch.autograd import gradcheck
 from torch.nn import functional as nnf
 
 from hearproto.audio import PRESETS, LogMel
+from hearproto.kernels import use_backend
 from hearproto.transforms import (
     SOFTPLUS_BETA,
     MelBins,
@@ -402,23 +404,32 @@ def test_bad_arguments():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):
+    """Each device against one reference, the CPU's torch path in float64, compared on the
+    CPU (float32 through the fused kernels: C on the CPU, Triton on CUDA)."""
     constants = mel_bin_constants(PRESETS["speakers"])
-    cpu = random_inputs(B=2, K=5, T=6, n_bins=F, dtype=dtype, seed=4)
-    gpu = {k: v.cuda() for k, v in cpu.items()}
-    for inp in (cpu, gpu):
-        for v in inp.values():
-            v.requires_grad_()
-    results = []
-    for inp, consts in ((cpu, constants), (gpu, constants.to("cuda", dtype))):
-        err = reconstruction_error(**inp, constants=consts, k_chunk=2)
-        grads = torch.autograd.grad(err.sum(), list(inp.values()))
-        assert err.device.type == inp["x"].device.type and err.dtype == dtype
-        results.append((err, *grads))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+    base = random_inputs(B=2, K=5, T=6, n_bins=F, dtype=torch.float64, seed=4)
+    x = base.pop("x")  # an input without gradient, as in training
+
+    def run(device: str, cast: torch.dtype, backend: str) -> list[Tensor]:
+        leaves = {k: v.detach().to(device, cast).requires_grad_() for k, v in base.items()}
+        with use_backend(backend):
+            err = reconstruction_error(x.to(device, cast), **leaves,
+                                       constants=constants.to(device, cast), k_chunk=2)
+        assert err.device.type == device and err.dtype == cast
+        grads = torch.autograd.grad(err.sum(), list(leaves.values()))
+        return [t.detach().cpu().double() for t in (err, *grads)]
+
+    reference = run("cpu", torch.float64, "torch")
+    tolerance = {"rtol": 1e-9, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4,
+                                                                               "atol": 1e-5}
+    for device in ("cpu", "cuda"):
+        for got, want in zip(run(device, dtype, "auto"), reference):
+            torch.testing.assert_close(got, want, rtol=tolerance["rtol"],
+                                       atol=tolerance["atol"] * float(want.abs().max()))
     s_one = torch.ones(2, 5, 6, device="cuda", dtype=dtype)
-    assert torch.equal(pitch_shift(gpu["prototypes"].detach(), s_one, constants),
-                       gpu["prototypes"].detach()[None, :, None].expand(2, 5, 6, F))
+    prototypes = base["prototypes"].detach().to("cuda", dtype)
+    assert torch.equal(pitch_shift(prototypes, s_one, constants),
+                       prototypes[None, :, None].expand(2, 5, 6, F))
 
 
 def test_compiled_error_matches_eager():
