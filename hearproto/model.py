@@ -21,6 +21,7 @@ from torch.nn import functional as nnf
 from hearproto.audio import FrontEnd
 from hearproto.clustering import cepstral_clusters, pitch_invariant_kmeans
 from hearproto.transforms import (
+    MelBins,
     filter_params_from_raw,
     gain_from_raw,
     mel_bin_constants,
@@ -172,9 +173,18 @@ class PrototypeModel(nn.Module):
             for name in TRANSFORMATIONS
         })
         self.bins = mel_bin_constants(frontend)
+        self._bins_by_device: dict[str, MelBins] = {}
         self.register_buffer("active_mask", torch.zeros(len(TRANSFORMATIONS), dtype=torch.bool))
 
     # -- curriculum state ---------------------------------------------------------------------
+
+    def bins_on(self, device: torch.device) -> MelBins:
+        """The mel-bin constants on ``device``, copied there once (a copy per step would make
+        the host wait for the GPU)."""
+        key = str(device)
+        if key not in self._bins_by_device:
+            self._bins_by_device[key] = self.bins.to(device)
+        return self._bins_by_device[key]
 
     @property
     def active(self) -> set[str]:
@@ -236,7 +246,7 @@ class PrototypeModel(nn.Module):
             x, params = x[:, frames], params.frames(frames)
         errors = reconstruction_error(
             x, self.prototypes, pitch=params.pitch, gain=params.gain, filters=params.filters,
-            constants=self.bins.to(x.device), k_chunk=k_chunk, compiled=compiled,
+            constants=self.bins_on(x.device), k_chunk=k_chunk, compiled=compiled,
         )
         return errors, params
 
@@ -253,7 +263,7 @@ class PrototypeModel(nn.Module):
         chosen = [None if p is None else p[rows, targets][:, None]
                   for p in (params.pitch, params.gain, params.filters)]
         prototypes = self.prototypes[targets][:, None, None, :]  # (B, 1, 1, F)
-        errors = reconstruction_error(x, prototypes, *chosen, constants=self.bins.to(x.device),
+        errors = reconstruction_error(x, prototypes, *chosen, constants=self.bins_on(x.device),
                                       k_chunk=None, compiled=compiled)
         return errors[:, 0]
 
@@ -265,7 +275,7 @@ class PrototypeModel(nn.Module):
                                        for p in (params.pitch, params.gain, params.filters)))
         table = self.prototypes if prototypes is None else self.prototypes[prototypes]
         out = reconstruct(table, pitch=params.pitch, gain=params.gain, filters=params.filters,
-                          constants=self.bins.to(x.device))
+                          constants=self.bins_on(x.device))
         # with no transformation the prototypes broadcast: one per frame of every clip
         return out.expand(x.shape[0], -1, x.shape[1], -1)
 

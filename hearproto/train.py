@@ -562,15 +562,19 @@ class Trainer:
         # a last, tiny batch would skew batch norm and cost a recompilation of the fused error
         loader = DataLoader(clips, batch_size=c.batch_size, shuffle=True,
                             generator=self.loader_generator,
-                            drop_last=len(self.train_set) > c.batch_size)
+                            drop_last=len(self.train_set) > c.batch_size,
+                            pin_memory=self.device.type == "cuda")
         # the clips' labels: the classes (supervised), the initial clusters (held stages), or
         # none (each clip trains the prototype that reconstructs it best)
         labelled = c.mode == "supervised" or held
         use_ce = labelled and self.state.ce_start_step >= 0  # from the cross-entropy stage on
-        total, count = 0.0, 0
-        counts = np.zeros(model.num_prototypes, dtype=np.int64)
+        # summed on the device and read once at the end: no host synchronisation per step
+        # (float64, so that the epoch's loss is the same number as summed in Python)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        counts = torch.zeros(model.num_prototypes, dtype=torch.int64, device=self.device)
+        count = 0
         for x, y in loader:
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if c.augment:
                 x = augment(x)
             self._set_learning_rates()
@@ -595,17 +599,17 @@ class Trainer:
             else:
                 loss = loss_from_errors(errors, y, "supervised" if labelled else "unsupervised",
                                         model.beta, c.lambda_ce * self._ce_ramp(), use_ce)
-                counts += np.bincount(errors.detach().argmin(1).cpu().numpy(),
-                                      minlength=model.num_prototypes)
+                counts += torch.bincount(errors.detach().argmin(1),
+                                         minlength=model.num_prototypes)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.state.step += 1
-            total += float(loss.detach()) * len(y)
+            total += loss.detach().double() * len(y)
             count += len(y)
             if callback is not None:
                 callback(self.state.step)
-        return total / count, counts
+        return float(total) / count, counts.cpu().numpy()
 
     @torch.no_grad()
     def _reassign(self, counts: np.ndarray) -> list[int]:
