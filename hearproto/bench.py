@@ -162,17 +162,19 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes, batch_sizes = shapes or list(SHAPES), batch_sizes or [16, 128]
+    kernels = kernels or ["fused", "torch"]
     for shape in shapes:
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+    for kernel in kernels:
+        if kernel not in ("fused", "torch"):
+            raise ValueError(f"unknown kernel {kernel!r}; choose from fused, torch")
     measured = (reference_benchmarks(reference, device, shapes, batch_sizes, threads,
                                      reference_python, refbench) if reference else {})
     results = []
     for shape in shapes:
         for batch_size in batch_sizes:
-            for kernel in kernels or ["fused", "torch"]:
-                if kernel not in ("fused", "torch"):
-                    raise ValueError(f"unknown kernel {kernel!r}; choose from fused, torch")
+            for kernel in kernels:
                 arguments = {"shape": shape, "batch_size": batch_size, "device": device,
                              "repeats": repeats, "k_chunk": k_chunk, "bf16": bf16,
                              "threads": threads, "compiled": compiled, "kernel": kernel}

@@ -115,16 +115,15 @@ def fused_error(x: Tensor, prototypes: Tensor, pitch: Tensor | None, gain: Tenso
     inputs = (x.float().contiguous(), table.float().contiguous(), per_time(pitch),
               per_time(gain), per_time(filters, 4))
     result_dtype = torch.result_type(x, prototypes)
+    if pitch is not None:
+        weight, bins_per_log = constants.weight, constants.bins_per_log
+    else:  # the kernels read neither
+        weight, bins_per_log = _unit_weight(n_bins), 1.0
     if device.type == "cpu":
         from hearproto.kernels.cpu import FusedError
-        out = FusedError.apply(*inputs, constants.weight if pitch is not None else
-                               _unit_weight(n_bins), constants.bins_per_log if pitch is not None
-                               else 1.0)
     else:
         from hearproto.kernels.cuda import FusedError
-        weight = constants.weight if pitch is not None else _unit_weight(n_bins)
-        out = FusedError.apply(*inputs, weight.to(device),
-                               constants.bins_per_log if pitch is not None else 1.0)
+    out = FusedError.apply(*inputs, weight, bins_per_log)
     return out.to(result_dtype)
 
 

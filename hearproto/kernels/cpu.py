@@ -1,9 +1,10 @@
 """The fused reconstruction error on the CPU: ``reconstruction_error.c``, built at first use.
 
 The C source is compiled once per machine with the system's C compiler (``$CC``, else ``cc``
-or ``gcc``; GCC 12 measured) into ``$XDG_CACHE_HOME/hearproto/kernels`` (``~/.cache/...``)
-and loaded with :mod:`ctypes`. It needs no Python headers and builds in about a second, which
-``torch.utils.cpp_extension`` (torch's headers, ninja) does not. Without a compiler, or if the
+or ``gcc``; GCC 12 measured) into ``kernels/`` of the data home (``$HEARPROTO_DATA``, else
+``$XDG_CACHE_HOME/hearproto`` or ``~/.cache/hearproto``) and loaded with :mod:`ctypes`. It
+needs no Python headers and builds in about a second, which ``torch.utils.cpp_extension``
+(torch's headers, ninja) does not. Without a compiler, or if the
 build fails, :func:`available` is False after one warning, and the callers use the torch path.
 
 :class:`FusedError` is the autograd function: the forward pass returns the ``(B, K)`` errors and
@@ -35,8 +36,9 @@ _LIBRARY: list = []  # [ctypes.CDLL] once loaded, [None] once it failed
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hearproto" / "kernels"
+    from hearproto.data.registry import data_home  # the project's one place for caches
+
+    return data_home() / "kernels"
 
 
 def _compiler() -> str | None:
