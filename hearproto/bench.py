@@ -47,10 +47,12 @@ def _peak_rss_bytes() -> int:
 
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
                k_chunk: int = 8, bf16: bool = False, threads: int | None = None,
-               compiled: bool = True, kernel: str = "fused") -> dict:
+               compiled: bool = True, kernel: str = "fused", profile: int = 0) -> dict:
     """Time ``repeats`` training steps (after one warm-up) in this process. ``kernel``:
     ``fused`` (:mod:`hearproto.kernels`) or ``torch`` (chunks of tensor operations,
-    ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``)."""
+    ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``). ``profile``
+    > 0 adds the ``profile`` operations that take the most time over two more steps
+    (torch.profiler; device time on CUDA), as ``[name, ms per step, calls per step]``."""
     from hearproto.audio import PRESETS
     from hearproto.kernels import fused_available, use_backend
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
@@ -64,7 +66,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     model = PrototypeModel(k, PRESETS[preset]).to(dev)
     for name in TRANSFORMATIONS:
         model.activate(name)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-6)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-6, fused=True)
     x = torch.rand(batch_size, t, 128, device=dev)
     y = torch.randint(k, (batch_size,), device=dev)
 
@@ -99,11 +101,33 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
               "threads": torch.get_num_threads(),
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
+    if profile:
+        result["profile"] = _profile(step, dev, profile)
     anchor = ANCHORS.get((dev.type, shape, batch_size))
     if anchor:
         result["anchor_clips_per_second"], result["anchor_peak_memory_gb"] = anchor
         result["speedup_vs_anchor"] = round(result["clips_per_second"] / anchor[0], 2)
     return result
+
+
+def _profile(step, device: torch.device, top: int, steps: int = 2) -> list[list]:
+    """The ``top`` operations by self time (device time on CUDA) over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    cuda = device.type == "cuda"
+    rows = []
+    for event in prof.key_averages():
+        micros = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if micros > 0:
+            rows.append([event.key, round(micros / 1e3 / steps, 3), event.count // steps])
+    return sorted(rows, key=lambda row: -row[1])[:top]
 
 
 def default_refbench() -> Path:
@@ -155,7 +179,7 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
                    bf16: bool = False, threads: int | None = None, compiled: bool = True,
                    kernels: list[str] | None = None, reference: str | Path | None = None,
                    reference_python: str | None = None,
-                   refbench: str | Path | None = None) -> dict:
+                   refbench: str | Path | None = None, profile: int = 0) -> dict:
     """Every (shape, batch size, kernel), each in a fresh subprocess, the kernels side by side
     (default: fused and torch), and the authors' code when ``reference`` names its checkout.
     Returns a JSON-ready dict."""
@@ -177,7 +201,8 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
             for kernel in kernels:
                 arguments = {"shape": shape, "batch_size": batch_size, "device": device,
                              "repeats": repeats, "k_chunk": k_chunk, "bf16": bf16,
-                             "threads": threads, "compiled": compiled, "kernel": kernel}
+                             "threads": threads, "compiled": compiled, "kernel": kernel,
+                             "profile": profile}
                 command = [sys.executable, "-m", "hearproto.bench", "--one",
                            json.dumps(arguments)]
                 done = subprocess.run(command, capture_output=True, text=True)
@@ -217,6 +242,8 @@ def format_table(report: dict) -> str:
                      f"{r['seconds_per_step']:>8.3f} "
                      f"{r['clips_per_second']:>8.1f} {r['peak_memory_gb']:>8.2f} {authors:>20} "
                      f"{ratio:>8}")
+        for name, millis, calls in r.get("profile", []):
+            lines.append(f"    {millis:9.3f} ms/step  {calls:5d} calls  {name[:70]}")
     return "\n".join(lines)
 
 

@@ -241,7 +241,7 @@ def _bench(args: argparse.Namespace) -> int:
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
         repeats=args.repeats, k_chunk=args.k_chunk, bf16=args.bf16, threads=args.threads,
         compiled=not args.no_compile, kernels=args.kernels.split(","), reference=args.reference,
-        reference_python=args.reference_python, refbench=args.refbench)
+        reference_python=args.reference_python, refbench=args.refbench, profile=args.profile)
     print(json.dumps(report, indent=1) if args.json else format_table(report))
     return 0
 
@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "pytorch_lightning installed (default: this one)")
     bench.add_argument("--refbench", metavar="PATH",
                        help="refbench.py (default: shared/tools/refbench.py beside the repository)")
+    bench.add_argument("--profile", type=int, default=0, metavar="N",
+                       help="also list the N operations that take the most time per step "
+                       "(torch.profiler; device time on CUDA)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 

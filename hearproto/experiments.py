@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
 
 from hearproto.files import atomic_path
 
@@ -83,6 +82,8 @@ def fingerprint(template: Path, parameters: dict, checked_outputs_only: bool = F
 
 def stored_fingerprint(notebook: Path) -> str | None:
     """The fingerprint recorded in an executed notebook, or None."""
+    import nbformat
+
     try:
         metadata = nbformat.read(notebook, as_version=4).metadata
     except (OSError, ValueError, json.JSONDecodeError):
@@ -126,6 +127,7 @@ def run_notebook(
     a light reference for ``pytest --nbval-lax``, which compares nothing else. ``inputs``
     digests what else the notebook reads (it joins the fingerprint).
     """
+    import nbformat
     import papermill
 
     template, output = Path(template), Path(output)
@@ -296,6 +298,8 @@ def write_provenance(folder: Path, dataset: str, parameters: dict,
             notebooks = json.loads(path.read_text()).get("notebooks", {})
         except (OSError, json.JSONDecodeError):
             notebooks = {}
+    import nbformat
+
     for run in runs:
         stored = nbformat.read(run.output, as_version=4).metadata.get(METADATA_KEY, {})
         notebooks[run.name] = {"output": run.output.as_posix(),

@@ -15,6 +15,17 @@ def test_bench_step_reports_speed_and_memory():
     assert abs(result["clips_per_second"] * result["seconds_per_step"] - 2) < 0.05
 
 
+def test_profile_lists_the_slowest_operations():
+    """--profile: the operations by time per step, slowest first; the fused error and the
+    encoder's convolutions are among them, each with its calls per step."""
+    rows = bench_step("sol", batch_size=2, repeats=1, profile=6)["profile"]
+    assert len(rows) == 6
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True) and rows[-1][1] > 0
+    names = {r[0]: r[2] for r in rows}
+    assert names.get("FusedError") == 1 and names.get("FusedErrorBackward") == 1
+    assert names.get("aten::convolution_backward", 0) >= 8  # 10 2-D and 1-D conv layers at least
+
+
 def test_bench_cli_json(capsys):
     assert cli.main(["bench", "--shapes", "librispeech", "--batch-sizes", "2", "--repeats", "1",
                      "--no-compile", "--json"]) == 0

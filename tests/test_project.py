@@ -117,6 +117,22 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and result.stdout.startswith("hearproto ")
 
 
+def test_cli_runs_without_the_book_extras():
+    """`pip install hearproto` without [book] (as on a GPU machine): the commands that need
+    no notebook stack build their parser and run."""
+    code = ("import sys\n"
+            "for name in ('nbformat', 'papermill', 'nbclient', 'ipywidgets', 'IPython'):\n"
+            "    sys.modules[name] = None  # import fails, as when not installed\n"
+            "from hearproto import cli\n"
+            "try:\n"
+            "    cli.main(['bench', '--help'])\n"
+            "except SystemExit as done:\n"
+            "    sys.exit(done.code)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--profile" in result.stdout
+
+
 def _tiny_template(path: Path) -> Path:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [

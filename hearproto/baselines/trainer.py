@@ -187,7 +187,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
     model = build_baseline(config.model, train_set.num_classes, data.frontend.n_mels, frames,
                            config.apnet_prototypes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=True)
     loader_generator = torch.Generator().manual_seed(config.seed)
     out = Path(config.out)
     state = {"epoch": 0, "best_score": [-math.inf, -math.inf], "stale_epochs": 0, "elapsed_seconds": 0.0,

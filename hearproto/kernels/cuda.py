@@ -23,10 +23,12 @@ try:
 except ImportError:  # the CPU-only installs without the test extras
     triton = None
 
-__all__ = ["available", "FusedError", "BLOCK_T"]
+__all__ = ["available", "FusedError", "BLOCK_T", "NUM_WARPS"]
 
-#: Time steps per program (a (16, 128) tile: 2,048 elements).
-BLOCK_T = 16
+#: Time steps per program (an (8, 128) tile: 1,024 elements) and warps per program: the
+#: fastest of seven tiles on an H200 (docs/kernels.md; docs/scripts/triton_tiles.py).
+BLOCK_T = 8
+NUM_WARPS = 4
 
 
 def available() -> bool:
@@ -59,7 +61,13 @@ if triton is not None:
             w = tl.load(w_ptr + f, mask=f_ok, other=0.0)
             ratio = 1.0 / s - 1.0
             a = ratio[:, None] * w[None, :]
-            v = fidx + bpl * tl.log(1.0 + a)
+            # log1p(a) to a few ulps (log(1 + a) loses the low bits of small a): the reading
+            # positions then agree with the torch path's, so both pick the same segment of the
+            # piecewise-linear interpolation wherever a position is not within rounding of a
+            # knot (at a knot the derivative in s is one-sided, and either side is correct)
+            one_a = 1.0 + a
+            log1p_a = tl.where(one_a == 1.0, a, tl.log(one_a) * (a / (one_a - 1.0)))
+            v = fidx + bpl * log1p_a
             inside = ((v >= 0.0) & (v <= top)).to(tl.float32)
             duds = bpl * w[None, :] * (-1.0 / (s * s))[:, None] / (1.0 + a)
             u = tl.minimum(tl.maximum(v, 0.0), top)
@@ -167,7 +175,7 @@ class FusedError(torch.autograd.Function):
             x, protos, s if s is not None else dummy, g if g is not None else dummy,
             filt if filt is not None else dummy, w, partial, stride,
             float(bins_per_log), n_protos, frames, n_bins, n_blocks, BLOCK_F=block_f,
-            **_flags(s, g, filt))
+            num_warps=NUM_WARPS, **_flags(s, g, filt))
         ctx.save_for_backward(x, protos, s, g, filt)
         ctx.constants = (w, float(bins_per_log))
         return partial.sum(1).view(batch, n_protos) / (frames * n_bins)
@@ -192,7 +200,7 @@ class FusedError(torch.autograd.Function):
             grad.to(torch.float32).contiguous(), ds if ds is not None else dummy,
             dg if dg is not None else dummy, dfilt if dfilt is not None else dummy,
             dp if dp is not None else dummy, stride, bins_per_log, n_protos, frames, n_bins,
-            NEED_P=dp is not None, BLOCK_F=block_f, **_flags(s, g, filt))
+            NEED_P=dp is not None, BLOCK_F=block_f, num_warps=NUM_WARPS, **_flags(s, g, filt))
         if dp is not None and protos.shape[0] == 1:
             dp = dp.sum(0, keepdim=True)
         return (None, dp, ds if needs[2] else None, dg if needs[3] else None,
