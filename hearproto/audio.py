@@ -1,15 +1,11 @@
-"""Audio I/O, the log-Mel front end and its inversion back to sound.
-
-Conventions: waveforms are float32 in [-1, 1], shape ``(..., L)``; log-Mel spectrograms are
-``(..., T, F)`` (time first, F mel bins), scaled as in the authors' code,
-``x = (log10(S + 1e-10) + 10) / 17`` with S the mel power, so that x lies roughly in [0, 1].
+"""Audio files and the way back to sound: reading (any format, resampled), writing, and
+inverting log-Mel spectrograms (:mod:`hearproto.frontend`) to waveforms by Griffin-Lim.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import librosa
@@ -17,38 +13,24 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from torch import nn
 
+from hearproto.errors import AudioError
 from hearproto.files import atomic_path
+from hearproto.frontend import FrontEnd, inverse_log_scale, resolve_frontend
 
 __all__ = [
     "AUDIO_EXTENSIONS",
-    "AudioError",
-    "FrontEnd",
-    "LogMel",
-    "PRESETS",
     "load_audio",
     "save_audio",
-    "log_scale",
-    "inverse_log_scale",
-    "mel_power",
     "mel_to_linear_power",
     "logmel_to_magnitude",
     "griffin_lim",
     "mel_to_audio",
     "prototype_to_audio",
-    "resolve_frontend",
     "spectral_convergence",
 ]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
-LOG_EPS = 1e-10
-LOG_OFFSET = 10.0
-LOG_RANGE = 17.0
-
-
-class AudioError(ValueError):
-    """Audio that cannot be used: unreadable, empty, non-finite, or of the wrong shape."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,170 +97,6 @@ def _as_numpy_waveform(waveform, name: str) -> np.ndarray:
     if not np.isfinite(samples).all():
         raise AudioError(f"{name} contains NaN or infinite values")
     return samples
-
-
-# --------------------------------------------------------------------------------------------
-# Front-end settings
-
-
-@dataclass(frozen=True)
-class FrontEnd:
-    """Settings of the log-Mel front end. Hashable: they key the feature cache."""
-
-    sample_rate: int
-    n_fft: int
-    hop_length: int = 512
-    n_mels: int = 128
-    f_min: float = 0.0
-    f_max: float | None = None  # None: sample_rate / 2
-
-    def __post_init__(self) -> None:
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"FrontEnd.{name} must be a positive integer, got {value!r}")
-        if not 0 <= self.f_min < self.nyquist_limit:
-            raise ValueError(f"FrontEnd.f_min must lie in [0, f_max), got {self.f_min}")
-
-    @property
-    def nyquist_limit(self) -> float:
-        return self.sample_rate / 2 if self.f_max is None else float(self.f_max)
-
-    @property
-    def n_freqs(self) -> int:
-        return self.n_fft // 2 + 1
-
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second."""
-        return self.sample_rate / self.hop_length
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames of a centred STFT of ``num_samples`` samples."""
-        return 1 + num_samples // self.hop_length
-
-    def mel_filterbank(self) -> np.ndarray:
-        """HTK mel filterbank without normalisation (torchaudio's defaults). ``(F, n_freqs)``."""
-        return librosa.filters.mel(
-            sr=self.sample_rate, n_fft=self.n_fft, n_mels=self.n_mels, fmin=self.f_min,
-            fmax=self.nyquist_limit, htk=True, norm=None, dtype=np.float64,
-        )
-
-    def mel_frequencies(self) -> np.ndarray:
-        """Centre frequency in Hz of each mel bin. ``(F,)``."""
-        edges = librosa.mel_frequencies(
-            self.n_mels + 2, fmin=self.f_min, fmax=self.nyquist_limit, htk=True
-        )
-        return edges[1:-1]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PRESETS: dict[str, FrontEnd] = {
-    # The paper code's settings for SOL and LibriSpeech (DESIGN.md).
-    "instruments": FrontEnd(sample_rate=44_100, n_fft=2048, hop_length=512),
-    "speakers": FrontEnd(sample_rate=16_000, n_fft=1024, hop_length=512),
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Pure functions
-
-
-def log_scale(power: torch.Tensor) -> torch.Tensor:
-    """Mel power -> the paper code's log scale, ``(log10(S + 1e-10) + 10) / 17``."""
-    return (torch.log10(power + LOG_EPS) + LOG_OFFSET) / LOG_RANGE
-
-
-def inverse_log_scale(logmel: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`log_scale`, clamped at zero power."""
-    return (torch.pow(10.0, logmel * LOG_RANGE - LOG_OFFSET) - LOG_EPS).clamp_min(0.0)
-
-
-def mel_power(
-    waveform: torch.Tensor, window: torch.Tensor, filterbank: torch.Tensor, n_fft: int,
-    hop_length: int,
-) -> torch.Tensor:
-    """Mel power spectrogram of ``waveform`` ``(..., L)`` -> ``(..., T, F)``.
-
-    Centred frames with reflect padding (torchaudio's defaults, which the authors used);
-    ``filterbank`` is ``(F, n_fft // 2 + 1)``.
-    """
-    batch_shape = waveform.shape[:-1]
-    flat = waveform.reshape(-1, waveform.shape[-1])
-    spec = torch.stft(
-        flat, n_fft=n_fft, hop_length=hop_length, window=window, center=True,
-        pad_mode="reflect", return_complex=True,
-    )
-    power = spec.real.square() + spec.imag.square()  # (N, n_freqs, T)
-    mel = torch.matmul(power.transpose(-1, -2), filterbank.transpose(0, 1))  # (N, T, F)
-    return mel.reshape(*batch_shape, *mel.shape[-2:])
-
-
-# --------------------------------------------------------------------------------------------
-# The module
-
-
-class LogMel(nn.Module):
-    """Waveform ``(..., L)`` -> scaled log-Mel spectrogram ``(..., T, F)``.
-
-    Batched and device-agnostic (the filterbank and window are buffers). Waveforms shorter
-    than ``n_fft // 2 + 1`` samples are zero-padded on the right so that reflect padding is
-    defined; empty or non-finite input raises :class:`AudioError`.
-    """
-
-    def __init__(
-        self, sample_rate: int, n_fft: int, hop_length: int = 512, n_mels: int = 128,
-        f_min: float = 0.0, f_max: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.frontend = FrontEnd(sample_rate, n_fft, hop_length, n_mels, f_min, f_max)
-        self.register_buffer(
-            "window", torch.hann_window(n_fft, periodic=True, dtype=torch.float32),
-            persistent=False,
-        )
-        self.register_buffer(
-            "filterbank",
-            torch.as_tensor(self.frontend.mel_filterbank(), dtype=torch.float32),
-            persistent=False,
-        )
-
-    @classmethod
-    def from_frontend(cls, frontend: FrontEnd) -> "LogMel":
-        return cls(**frontend.to_dict())
-
-    @classmethod
-    def for_instruments(cls) -> "LogMel":
-        """44.1 kHz, n_fft 2048, hop 512, 128 mels (SOL settings)."""
-        return cls.from_frontend(PRESETS["instruments"])
-
-    @classmethod
-    def for_speakers(cls) -> "LogMel":
-        """16 kHz, n_fft 1024, hop 512, 128 mels (LibriSpeech settings)."""
-        return cls.from_frontend(PRESETS["speakers"])
-
-    def forward(self, waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
-        if not isinstance(waveform, torch.Tensor):
-            waveform = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
-        waveform = waveform.to(device=self.window.device, dtype=torch.float32)
-        if waveform.ndim == 0 or waveform.shape[-1] == 0 or waveform.numel() == 0:
-            raise AudioError(f"waveform is empty (shape {tuple(waveform.shape)})")
-        if not torch.isfinite(waveform).all():
-            raise AudioError("waveform contains NaN or infinite values")
-        min_length = self.frontend.n_fft // 2 + 1
-        if waveform.shape[-1] < min_length:
-            waveform = nn.functional.pad(waveform, (0, min_length - waveform.shape[-1]))
-        power = mel_power(
-            waveform, self.window, self.filterbank, self.frontend.n_fft,
-            self.frontend.hop_length,
-        )
-        return log_scale(power)
-
-    def extra_repr(self) -> str:
-        f = self.frontend
-        return (f"sample_rate={f.sample_rate}, n_fft={f.n_fft}, hop_length={f.hop_length}, "
-                f"n_mels={f.n_mels}, f_min={f.f_min}, f_max={f.nyquist_limit}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,16 +255,3 @@ def spectral_convergence(
     ref_mag = magnitude(ref)
     return float(torch.linalg.vector_norm(ref_mag - magnitude(est))
                  / torch.linalg.vector_norm(ref_mag).clamp_min(1e-12))
-
-
-def resolve_frontend(frontend: FrontEnd | str) -> FrontEnd:
-    """A :class:`FrontEnd` as given, or the preset of that name."""
-    if isinstance(frontend, FrontEnd):
-        return frontend
-    try:
-        return PRESETS[frontend]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown front end {frontend!r}; pass a FrontEnd or one of the presets "
-            f"{sorted(PRESETS)}"
-        ) from None

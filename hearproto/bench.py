@@ -53,7 +53,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``). ``profile``
     > 0 adds the ``profile`` operations that take the most time over two more steps
     (torch.profiler; device time on CUDA), as ``[name, ms per step, calls per step]``."""
-    from hearproto.audio import PRESETS
+    from hearproto.frontend import PRESETS
     from hearproto.kernels import fused_available, use_backend
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
     from hearproto.train import loss_from_errors

@@ -12,7 +12,8 @@ __all__ = ["main", "build_parser"]
 
 
 def _roundtrip(args: argparse.Namespace) -> int:
-    from hearproto.audio import PRESETS, LogMel, load_audio, mel_to_audio, save_audio
+    from hearproto.audio import load_audio, mel_to_audio, save_audio
+    from hearproto.frontend import LogMel, PRESETS
 
     output = Path(args.output)
     if output.exists() and not args.force:
@@ -33,7 +34,7 @@ def _n_speakers(value: str) -> int | None:
 
 
 def _experiments_run(args: argparse.Namespace) -> int:
-    from hearproto.experiments import run_experiments
+    from hearproto.runner.experiments import run_experiments
 
     extra = {"device": args.device} if args.device != "auto" else {}
     if args.data_root and (not args.datasets or "," in args.datasets):
@@ -170,7 +171,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         scores = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
                                      root=args.root)
     if args.results:
-        from hearproto.results import append_rows, describe_device, result_row
+        from hearproto.provenance import describe_device
+        from hearproto.runner.results import append_rows, result_row
         from hearproto.train import read_checkpoint, resolve_device
 
         row = result_row(scores, read_checkpoint(args.checkpoint), args.checkpoint,
@@ -247,7 +249,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    from hearproto.audio import PRESETS
+    from hearproto.frontend import PRESETS
     from hearproto.data import DATASETS
 
     parser.add_argument("name", choices=list(DATASETS), help="dataset")
@@ -266,9 +268,9 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hearproto.audio import PRESETS
+    from hearproto.frontend import PRESETS
     from hearproto.data import DATASETS
-    from hearproto.experiments import DEFAULT_DATASETS, EXPERIMENTS, SCALES
+    from hearproto.runner.catalogue import DEFAULT_DATASETS, EXPERIMENTS, SCALES
 
     parser = argparse.ArgumentParser(
         prog="hearproto", description="Audio identification with playable spectral prototypes."

@@ -27,7 +27,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from hearproto.audio import AudioError, FrontEnd, load_audio, mel_to_audio, prototype_to_audio
+from hearproto.audio import load_audio, mel_to_audio, prototype_to_audio
+from hearproto.errors import AudioError
+from hearproto.frontend import FrontEnd
 from hearproto.model import PrototypeModel
 from hearproto.transforms import MelBins, reconstruct
 from hearproto.viz import audio_player, show_frame, show_logmel

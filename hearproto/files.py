@@ -1,4 +1,5 @@
-"""Files written atomically: to a temporary file beside the target, then renamed over it."""
+"""Where the project's files go (:func:`data_home`) and how they are written: atomically, to a
+temporary file beside the target, then renamed over it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "data_home"]
+
+
+def data_home() -> Path:
+    """Where generated data and caches go: ``$HEARPROTO_DATA``, else the user's cache
+    (``$XDG_CACHE_HOME/hearproto`` or ``~/.cache/hearproto``)."""
+    if os.environ.get("HEARPROTO_DATA"):
+        return Path(os.environ["HEARPROTO_DATA"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hearproto"
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 A shared 2-D encoder reads a log-Mel clip ``(B, T, F)``; three 1-D decoders (pitch, gain,
 filters) predict, for every prototype and time step, the parameters of its transformations
-(DESIGN.md, "The model"). The reconstruction of clip b by prototype k is
+(docs/design.md, "The model"). The reconstruction of clip b by prototype k is
 ``filters(gain(pitch(P_k)))`` at every time step; its mean squared error is the score that
 assigns clips to prototypes.
 """
@@ -18,17 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
-from hearproto.audio import FrontEnd
+from hearproto.frontend import FrontEnd
 from hearproto.clustering import cepstral_clusters, pitch_invariant_kmeans
-from hearproto.transforms import (
-    MelBins,
-    filter_params_from_raw,
-    gain_from_raw,
-    mel_bin_constants,
-    pitch_from_raw,
-    reconstruct,
-    reconstruction_error,
-)
+from hearproto.kernels import reconstruction_error
+from hearproto.transforms import (MelBins, filter_params_from_raw, gain_from_raw, mel_bin_constants, pitch_from_raw, reconstruct)
 
 __all__ = ["BETA_PARAMETRISATIONS", "UNSUPERVISED_INITS", "TRANSFORMATIONS", "PrototypeModel",
            "Transformations", "init_prototypes"]

@@ -6,7 +6,7 @@ One :class:`TrainConfig` describes a run; :func:`train` runs it into ``config.ou
 - ``stages/STAGE.pt`` the model at the end of each curriculum stage (Table 1's rows);
 - ``last.pt`` the latest state (every epoch), from which a killed run resumes exactly.
 
-Curriculum (DESIGN.md): raw prototypes -> + gain -> + pitch -> + filters (-> + cross-entropy
+Curriculum (docs/design.md, "Training"): raw prototypes -> + gain -> + pitch -> + filters (-> + cross-entropy
 when supervised) -> learning rate / 10. Under the ``paper`` recipe a stage ends when the
 training loss has not improved for ``patience`` epochs; under the ``default`` recipe each stage
 lasts a fixed number of optimiser steps (:data:`RECIPES`, docs/training.md). When a
@@ -32,14 +32,14 @@ from torch.nn import functional as nnf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hearproto.audio import FrontEnd
+from hearproto.frontend import FrontEnd
 from hearproto.data import PreparedDataset, prepare_dataset
 from hearproto.data.dataset import ClipDataset, clip_statistics, crop_or_tile, whole_clip_batches
 from hearproto.files import atomic_path
 from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import (BETA_PARAMETRISATIONS, TRANSFORMATIONS, UNSUPERVISED_INITS,
                              PrototypeModel, init_prototypes)
-from hearproto.results import describe_device
+from hearproto.provenance import describe_device
 
 __all__ = ["RECIPES", "RunConfig", "TrainConfig", "calibrated_beta", "train", "load_checkpoint",
            "clip_errors", "evaluate_checkpoint", "read_checkpoint", "save_checkpoint", "rng_snapshot",

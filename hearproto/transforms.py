@@ -1,6 +1,6 @@
 """The spectral transformations of the prototypes, as pure differentiable tensor functions.
 
-Conventions (DESIGN.md, "The model"): prototypes ``P`` are ``(K, F)`` scaled log-Mel frames;
+Conventions (docs/design.md, "The model"): prototypes ``P`` are ``(K, F)`` scaled log-Mel frames;
 per-time parameters are ``(B, K, T)`` or ``(B, K, T, n)`` (one value per clip, prototype and
 time step); reconstructions are ``(B, K, T, F)``. Everything is batched (no Python loop over
 prototypes, batch or time), works on any device and float dtype, and is differentiable.
@@ -16,25 +16,26 @@ The transformations, applied in the order pitch -> gain -> filters:
   beta = 10, the four parameters ``0.25 tanh(raw)`` (:func:`high_filter`, :func:`low_filter`,
   :func:`spectral_filters`, :func:`filter_params_from_raw`).
 
-:func:`reconstruct` composes them; :func:`reconstruction_error` gives the per (clip,
-prototype) mean squared error, by a fused kernel (:mod:`hearproto.kernels`) where one
-applies, else in memory-frugal chunks of prototypes.
+:func:`reconstruct` composes them and :func:`squared_error` scores the reconstructions. The
+module imports only torch and the mel scale: the fast paths of the same error (fused kernels,
+chunks, torch.compile) are in :mod:`hearproto.kernels`, whose ``reconstruction_error`` is the
+one the model calls.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as nnf
-from torch.utils.checkpoint import checkpoint
 
-from hearproto.audio import FrontEnd
-from hearproto.kernels import fused_error
+from hearproto.melscale import MEL_A, MEL_BREAK_HZ, band_edges, hz_to_mel
+
+if TYPE_CHECKING:
+    from hearproto.frontend import FrontEnd
 
 __all__ = [
     "MEL_A",
@@ -51,11 +52,9 @@ __all__ = [
     "spectral_filters",
     "filter_params_from_raw",
     "reconstruct",
-    "reconstruction_error",
+    "squared_error",
 ]
 
-MEL_A = 2595.0  # HTK mel scale: mel = A log10(1 + hz / 700)
-MEL_BREAK_HZ = 700.0
 SOFTPLUS_BETA = 10.0
 
 
@@ -90,19 +89,17 @@ class MelBins:
         if n_mels < 1 or not 0 <= f_min < f_max:
             raise ValueError(f"need n_mels >= 1 and 0 <= f_min < f_max, got "
                              f"{n_mels}, {f_min}, {f_max}")
-        mel_lo, mel_hi = (MEL_A * math.log10(1.0 + hz / MEL_BREAK_HZ) for hz in (f_min, f_max))
-        mels = np.linspace(mel_lo, mel_hi, n_mels + 2)[1:-1]
-        hz = MEL_BREAK_HZ * (10.0 ** (mels / MEL_A) - 1.0)
-        d_mel = (mel_hi - mel_lo) / (n_mels + 1)
+        hz = band_edges(n_mels, f_min, f_max)[1:-1]
+        d_mel = (hz_to_mel(f_max) - hz_to_mel(f_min)) / (n_mels + 1)
         return cls(
-            weight=torch.from_numpy(hz / (MEL_BREAK_HZ + hz)),
+            weight=hz / (MEL_BREAK_HZ + hz),
             bins_per_log=MEL_A / (math.log(10.0) * d_mel),
-            centres_hz=torch.from_numpy(hz),
+            centres_hz=hz,
         )
 
     @classmethod
     def from_frontend(cls, frontend: FrontEnd) -> "MelBins":
-        """The bins of a :class:`~hearproto.audio.FrontEnd`."""
+        """The bins of a :class:`~hearproto.frontend.FrontEnd`."""
         return cls.from_range(frontend.n_mels, frontend.f_min, frontend.nyquist_limit)
 
     @property
@@ -272,100 +269,14 @@ def reconstruct(
     return m
 
 
-def _chunk_error(
-    x: Tensor, prototypes: Tensor, pitch: Tensor | None, gain: Tensor | None,
-    filters: Tensor | None, constants: MelBins | None,
+def squared_error(
+    x: Tensor, prototypes: Tensor, pitch: Tensor | None = None, gain: Tensor | None = None,
+    filters: Tensor | None = None, constants: MelBins | None = None,
 ) -> Tensor:
+    """Mean over T and F of the squared error of each prototype's reconstruction of ``x``
+    ``(B, T, F)``: ``(B, K)``. The arguments after ``x`` are those of :func:`reconstruct`. This
+    is the definition; :func:`hearproto.kernels.reconstruction_error` computes the same numbers
+    without holding ``(B, K, T, F)`` tensors.
+    """
     rec = reconstruct(prototypes, pitch, gain, filters, constants)
     return (rec - x[:, None]).square().mean(dim=(-2, -1))
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def _compiled_chunk_error():
-    """``_chunk_error`` fused by ``torch.compile`` (once per process); None if compiling is
-    unavailable here (no C++ compiler, say), after one warning."""
-    if "chunk" not in _COMPILED:
-        try:
-            _COMPILED["chunk"] = torch.compile(_chunk_error, dynamic=None)
-        except Exception as err:  # torch.compile itself unsupported
-            warnings.warn(f"torch.compile unavailable ({err}); using eager mode", stacklevel=3)
-            _COMPILED["chunk"] = None
-    return _COMPILED["chunk"]
-
-
-def _run_chunk(fn, args, compiled: bool, needs_grad: bool) -> Tensor:
-    if compiled:
-        fused = _compiled_chunk_error()
-        if fused is not None:
-            try:
-                if needs_grad:
-                    return checkpoint(fused, *args, use_reentrant=False)
-                return fused(*args)
-            except Exception as err:  # compiling failed at the first call: stay eager
-                if not isinstance(err, (torch._dynamo.exc.BackendCompilerFailed,
-                                        torch._inductor.exc.InductorError)):
-                    raise
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: "
-                              f"{str(err)[:200]}); using eager mode", stacklevel=3)
-                _COMPILED["chunk"] = None
-    if needs_grad:
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
-
-
-def reconstruction_error(
-    x: Tensor,
-    prototypes: Tensor,
-    pitch: Tensor | None = None,
-    gain: Tensor | None = None,
-    filters: Tensor | None = None,
-    constants: MelBins | None = None,
-    k_chunk: int | None = None,
-    compiled: bool = False,
-) -> Tensor:
-    """Mean over T and F of the squared error of each prototype's reconstruction. ``(B, K)``.
-
-    ``x`` is ``(B, T, F)``; the other arguments are those of :func:`reconstruct` (per-time
-    parameters with K, or 1 to broadcast, on dim 1; prototypes ``(K, F)`` or per clip
-    ``(B, K, 1, F)``). ``k_chunk`` processes the prototypes
-    ``k_chunk`` at a time; when gradients are needed each chunk runs under activation
-    checkpointing, so that only one chunk of ``(B, k_chunk, T, F)`` intermediates is alive in
-    forward and backward (the chunk is recomputed in backward). ``None`` does all prototypes
-    at once. The results do not depend on ``k_chunk``. ``compiled`` fuses each chunk with
-    ``torch.compile`` (about 2x faster on CPU, compiled once per shape; falls back to eager
-    with a warning where compiling is unavailable).
-
-    Where a fused kernel takes the inputs (:mod:`hearproto.kernels`: float32, fp16 or bf16 on
-    the CPU or CUDA, ``x`` without gradient) it computes the same values and gradients in one
-    pass, and ``k_chunk`` and ``compiled`` do not matter; ``HEARPROTO_KERNEL=torch`` or
-    ``hearproto.kernels.use_backend("torch")`` selects the path above.
-    """
-    if k_chunk is not None and k_chunk < 1:
-        raise ValueError(f"k_chunk must be a positive integer or None, got {k_chunk}")
-    fused = fused_error(x, prototypes, pitch, gain, filters, constants)
-    if fused is not None:
-        return fused
-    n_protos = prototypes.shape[0] if prototypes.ndim == 2 else prototypes.shape[1]
-    tensors = [t for t in (x, prototypes, pitch, gain, filters) if t is not None]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if k_chunk is None or k_chunk >= n_protos:
-        if compiled:
-            return _run_chunk(_chunk_error, (x, prototypes, pitch, gain, filters, constants),
-                              True, needs_grad)
-        return _chunk_error(x, prototypes, pitch, gain, filters, constants)
-
-    def part(t: Tensor | None, lo: int, hi: int) -> Tensor | None:
-        if t is None or t.shape[1] == 1:  # absent, or broadcast over the prototypes
-            return t
-        return t[:, lo:hi]
-
-    errors = []
-    for lo in range(0, n_protos, k_chunk):
-        hi = min(lo + k_chunk, n_protos)
-        table = prototypes[lo:hi] if prototypes.ndim == 2 else prototypes[:, lo:hi]
-        args = (x, table, part(pitch, lo, hi), part(gain, lo, hi),
-                part(filters, lo, hi), constants)
-        errors.append(_run_chunk(_chunk_error, args, compiled, needs_grad))
-    return torch.cat(errors, dim=1)

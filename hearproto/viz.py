@@ -12,7 +12,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from hearproto.audio import FrontEnd, resolve_frontend
+from hearproto.frontend import FrontEnd, resolve_frontend
 
 __all__ = ["audio_player", "player_grid", "show_logmel", "show_frame"]
 

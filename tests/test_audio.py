@@ -8,20 +8,10 @@ import librosa
 import soundfile as sf
 import torch
 
-from hearproto.audio import (
-    PRESETS,
-    AudioError,
-    FrontEnd,
-    LogMel,
-    inverse_log_scale,
-    load_audio,
-    log_scale,
-    mel_to_audio,
-    mel_to_linear_power,
-    prototype_to_audio,
-    save_audio,
-    spectral_convergence,
-)
+from hearproto.audio import (load_audio, mel_to_audio, mel_to_linear_power, prototype_to_audio,
+                             save_audio, spectral_convergence)
+from hearproto.errors import AudioError
+from hearproto.frontend import FrontEnd, inverse_log_scale, log_scale, LogMel, PRESETS
 
 RNG = np.random.default_rng(1234)
 
@@ -60,6 +50,20 @@ def test_matches_librosa_melspectrogram(preset):
     # and on the log scale, where quiet bins count as much as loud ones
     log_error = (log_scale(torch.from_numpy(ours)) - log_scale(torch.from_numpy(reference))).abs()
     assert float(log_error.max()) < 1e-4
+
+
+@pytest.mark.parametrize("frontend", [PRESETS["instruments"], PRESETS["speakers"],
+                                      FrontEnd(22_050, 512, 256, 40, 30.0, 8000.0)])
+def test_filterbank_and_centres_match_librosa(frontend):
+    """The front end's own HTK filterbank (no librosa at import) equals librosa's."""
+    reference = librosa.filters.mel(sr=frontend.sample_rate, n_fft=frontend.n_fft,
+                                    n_mels=frontend.n_mels, fmin=frontend.f_min,
+                                    fmax=frontend.nyquist_limit, htk=True, norm=None,
+                                    dtype=np.float64)
+    np.testing.assert_allclose(frontend.mel_filterbank(), reference, rtol=1e-10, atol=1e-12)
+    centres = librosa.mel_frequencies(frontend.n_mels + 2, fmin=frontend.f_min,
+                                      fmax=frontend.nyquist_limit, htk=True)[1:-1]
+    np.testing.assert_allclose(frontend.mel_frequencies(), centres, rtol=1e-12)
 
 
 def test_log_scale_values_and_inverse():

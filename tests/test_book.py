@@ -20,7 +20,7 @@ def toc_files() -> list[str]:
 
 
 def test_every_experiment_template_has_an_executed_page_in_the_toc():
-    from hearproto.experiments import DEFAULT_DATASETS, EXPERIMENTS, output_name
+    from hearproto.runner.experiments import DEFAULT_DATASETS, EXPERIMENTS, output_name
 
     for name in EXPERIMENTS:
         assert (ROOT / "experiments" / f"{name}.ipynb").is_file()
@@ -40,7 +40,7 @@ def test_every_experiment_template_has_an_executed_page_in_the_toc():
 
 
 def test_every_experiment_has_an_nbval_reference():
-    from hearproto.experiments import EXPERIMENTS, output_name
+    from hearproto.runner.experiments import EXPERIMENTS, output_name
 
     for name in EXPERIMENTS:
         # the per-dataset notebooks are checked on instruments (the CI time budget)

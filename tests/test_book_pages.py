@@ -56,7 +56,7 @@ def test_toc_has_the_seven_parts_in_order():
 
 
 def test_every_page_has_a_template_the_runner_knows():
-    from hearproto.experiments import EXPERIMENTS, GENERAL, PER_DATASET, SUMMARY, output_name
+    from hearproto.runner.experiments import EXPERIMENTS, GENERAL, PER_DATASET, SUMMARY, output_name
 
     assert "intro" in GENERAL and "explorer" in GENERAL and SUMMARY == ("reproduce",)
     pages = ["intro", *(page for pages in PARTS.values() for page in pages)]
@@ -86,7 +86,7 @@ def test_new_templates_keep_the_notebook_conventions():
 @pytest.fixture
 def recorded(monkeypatch, tmp_path):
     """run_experiments with run_notebook and write_provenance replaced by recorders."""
-    import hearproto.experiments as experiments
+    import hearproto.runner.experiments as experiments
 
     calls = []
 
@@ -100,7 +100,7 @@ def recorded(monkeypatch, tmp_path):
 
 
 def test_reproduce_runs_after_every_per_dataset_notebook(recorded, tmp_path):
-    from hearproto.experiments import GENERAL, PER_DATASET, run_experiments
+    from hearproto.runner.experiments import GENERAL, PER_DATASET, run_experiments
 
     results = tmp_path / "results"
     run_experiments(scale="small", output_dir=tmp_path / "book", results_dir=results,
@@ -160,7 +160,7 @@ def results_tree(tmp_path) -> Path:
 
 
 def test_timings_table_reads_a_results_tree(results_tree):
-    from hearproto.results import timings_table
+    from hearproto.runner.results import timings_table
 
     table = timings_table(results_tree, "small")
     assert list(table.columns) == ["instruments", "speakers", "total"]
@@ -175,7 +175,7 @@ def test_timings_table_reads_a_results_tree(results_tree):
 
 
 def test_timings_table_is_empty_without_provenance(results_tree, tmp_path):
-    from hearproto.results import provenance_table, read_provenance, timings_table
+    from hearproto.runner.results import provenance_table, read_provenance, timings_table
 
     assert timings_table(results_tree, "ci").empty  # no such scale folder
     assert timings_table(tmp_path / "nowhere", "small").empty
@@ -185,7 +185,7 @@ def test_timings_table_is_empty_without_provenance(results_tree, tmp_path):
 
 
 def test_provenance_table_says_where_results_were_made(results_tree):
-    from hearproto.results import provenance_table
+    from hearproto.runner.results import provenance_table
 
     table = provenance_table(results_tree, "small")
     assert list(table.index) == ["instruments", "speakers"]  # unreadable files skipped
@@ -194,7 +194,7 @@ def test_provenance_table_says_where_results_were_made(results_tree):
 
 
 def test_executed_seconds_reads_the_general_notebooks(tmp_path):
-    from hearproto.results import executed_seconds
+    from hearproto.runner.results import executed_seconds
 
     for name, scale, seconds in (("intro", "small", 12.5), ("datasets", "ci", 3.0)):
         notebook = nbformat.v4.new_notebook(metadata={"hearproto": {
@@ -206,14 +206,14 @@ def test_executed_seconds_reads_the_general_notebooks(tmp_path):
 
 
 def test_repository_root_from_the_runners_folders():
-    from hearproto.results import repository_root
+    from hearproto.runner.results import repository_root
 
     for folder in ("book", "tests/notebooks", "."):
         assert repository_root(ROOT / folder) == ROOT
 
 
 def test_provenance_digest_follows_timings_not_reuse(results_tree):
-    from hearproto.experiments import provenance_digest
+    from hearproto.runner.experiments import provenance_digest
 
     path = results_tree / "small" / "speakers" / "provenance.json"
     before = provenance_digest(results_tree, "small")
@@ -241,7 +241,7 @@ def shell_commands(text: str, program: str) -> list[list[str]]:
 def test_reproduce_page_commands_are_exact():
     from hearproto.cli import build_parser
     from hearproto.data import DATASETS as KNOWN_DATASETS
-    from hearproto.experiments import EXPERIMENTS
+    from hearproto.runner.experiments import EXPERIMENTS
 
     text = "\n".join(c.source for c in template("reproduce").cells if c.cell_type == "markdown")
     commands = shell_commands(text, ".venv/bin/hearproto")
@@ -272,7 +272,7 @@ def test_reproduce_page_commands_are_exact():
 def test_per_dataset_pages_carry_their_dataset_in_the_title():
     from nbformat.v4 import new_markdown_cell, new_notebook
 
-    from hearproto.experiments import name_the_dataset
+    from hearproto.runner.experiments import name_the_dataset
 
     notebook = new_notebook(cells=[new_markdown_cell("Intro text"),
                                    new_markdown_cell("# Timbre transfer\n\nprose\n# not this")])

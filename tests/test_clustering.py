@@ -11,7 +11,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from hearproto.audio import PRESETS
+from hearproto.frontend import PRESETS
 from hearproto.clustering import (cepstral_clusters, cepstral_features, pitch_factors,
                                   pitch_invariant_distances, pitch_invariant_kmeans)
 from hearproto.transforms import mel_bin_constants, pitch_shift

@@ -14,7 +14,8 @@ import soundfile as sf
 import torch
 
 from hearproto import cli
-from hearproto.audio import LogMel, PRESETS, load_audio
+from hearproto.audio import load_audio
+from hearproto.frontend import LogMel, PRESETS
 from hearproto.data import get_dataset, pad_collate, prepare_dataset
 from hearproto.data import registry
 from hearproto.data.dataset import crop_or_tile

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hearproto.audio import FrontEnd
+from hearproto.frontend import FrontEnd
 from hearproto.explorer import (PrototypeExplorer, Settings, filter_knee_hz, prototype_grid,
                                 transform_frame)
 from hearproto.transforms import MelBins, high_filter, low_filter, pitch_shift

@@ -12,7 +12,8 @@ import torch
 
 from hearproto import kernels
 from hearproto.kernels import cpu, fused_available, fused_error, use_backend
-from hearproto.transforms import MelBins, reconstruction_error
+from hearproto.kernels import reconstruction_error
+from hearproto.transforms import MelBins
 
 BINS = MelBins.from_range(40, 30.0, 8000.0)
 
@@ -133,7 +134,7 @@ def test_the_torch_path_takes_what_the_kernels_do_not():
 
 def test_model_errors_agree_between_kernels():
     """PrototypeModel.errors and target_errors: the same numbers with either kernel."""
-    from hearproto.audio import FrontEnd
+    from hearproto.frontend import FrontEnd
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from hearproto.audio import PRESETS
+from hearproto.frontend import PRESETS
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
 
 

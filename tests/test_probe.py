@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hearproto.audio import PRESETS
+from hearproto.frontend import PRESETS
 from hearproto.baselines import kmeans_clustering, linear_probe, mean_features
 from hearproto.data.cache import FeatureStore
 from hearproto.data.dataset import ClipDataset

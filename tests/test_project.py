@@ -15,7 +15,7 @@ import soundfile as sf
 import yaml
 
 from hearproto import cli
-from hearproto.experiments import fingerprint, run_notebook, stored_fingerprint
+from hearproto.runner.experiments import fingerprint, run_notebook, stored_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_runner_executes_then_reuses(tmp_path):
 
 
 def test_runner_rejects_unknown_names():
-    from hearproto.experiments import run_experiments
+    from hearproto.runner.experiments import run_experiments
 
     with pytest.raises(ValueError, match="unknown experiment"):
         run_experiments(["nope"])
@@ -181,7 +181,7 @@ def test_experiments_cli_wants_one_dataset_with_a_data_root(capsys):
 
 
 def test_git_commit_is_dirty_for_sources_not_for_outputs(tmp_path):
-    from hearproto.experiments import git_commit
+    from hearproto.provenance import git_commit
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

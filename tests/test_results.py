@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from hearproto.results import RESULT_COLUMNS, append_rows, describe_device, result_row, write_table
+from hearproto.provenance import describe_device
+from hearproto.runner.results import RESULT_COLUMNS, append_rows, result_row, write_table
 
 SCORES = {"OA": 87.5, "AA": 80.0, "L_rec": 0.41, "stage": "filters", "dataset": "instruments",
           "mode": "supervised", "split": "test", "clips": 330}

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hearproto import runs as runs_module
+from hearproto.runner import runs as runs_module
 from hearproto.baselines.trainer import BaselineConfig
-from hearproto.experiments import write_provenance
-from hearproto.paper import paper_table1, paper_table3
-from hearproto.runs import run_config
-from hearproto.tables import table1, table2, table3, write_tables
+from hearproto.runner.experiments import write_provenance
+from hearproto.runner.paper import paper_table1, paper_table3
+from hearproto.runner.runs import run_config
+from hearproto.runner.tables import table1, table2, table3, write_tables
 from hearproto.train import TrainConfig
 
 
@@ -81,7 +81,7 @@ def test_tables_train_once_and_carry_provenance(tones, tmp_path):
 
 
 def test_provenance_records_what_made_the_tables(tones, tmp_path):
-    from hearproto.experiments import NotebookRun
+    from hearproto.runner.experiments import NotebookRun
 
     notebook = tmp_path / "nb.ipynb"
     import nbformat

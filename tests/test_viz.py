@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import soundfile as sf
 
-from hearproto.audio import LogMel
+from hearproto.frontend import LogMel
 from hearproto.viz import audio_player, show_frame, show_logmel
 
 

@@ -74,7 +74,7 @@ def use_exported(directory: Path) -> None:
         sys.modules.setdefault(module, types.ModuleType(module))
     import hearproto.baselines.trainer
     import hearproto.train
-    from hearproto.audio import FrontEnd
+    from hearproto.frontend import FrontEnd
     from hearproto.data.cache import FeatureStore
     from hearproto.data.registry import PreparedDataset
 

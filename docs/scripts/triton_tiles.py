@@ -21,7 +21,8 @@ import torch
 
 from hearproto.kernels import cuda as triton_kernel
 from hearproto.kernels import use_backend
-from hearproto.transforms import MelBins, reconstruction_error
+from hearproto.kernels import reconstruction_error
+from hearproto.transforms import MelBins
 
 SHAPES = {"sol": (33, 256), "librispeech": (128, 192)}
 TILES = [(8, 4), (16, 4), (16, 8), (32, 4), (32, 8), (64, 8), (8, 2)]

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hearproto.audio import FrontEnd
+from hearproto.frontend import FrontEnd
 from hearproto.baselines.apnet import APNet
 from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
@@ -37,7 +37,7 @@ from hearproto.data import prepare_dataset
 from hearproto.data.dataset import ClipDataset, tile_frames, whole_clip_batches
 from hearproto.baselines.probe import kmeans_scores
 from hearproto.metrics import accuracies
-from hearproto.results import describe_device
+from hearproto.provenance import describe_device
 from hearproto.train import (
     RunConfig,
     checkpoint_dataset,

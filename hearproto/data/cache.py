@@ -24,7 +24,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from hearproto.audio import AudioError, FrontEnd, LogMel, load_audio
+from hearproto.audio import load_audio
+from hearproto.errors import AudioError
+from hearproto.frontend import FrontEnd, LogMel
 
 __all__ = ["FeatureStore", "cache_key", "load_or_compute_features", "SILENCE_RMS"]
 

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from hearproto.audio import FrontEnd
+from hearproto.frontend import FrontEnd
 from hearproto.data.cache import FeatureStore
 
 __all__ = ["ClipDataset", "clip_statistics", "crop_or_tile", "pad_collate", "tile_frames",

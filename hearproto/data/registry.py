@@ -15,7 +15,8 @@ from typing import Callable
 
 import pandas as pd
 
-from hearproto.audio import FrontEnd, resolve_frontend
+from hearproto.files import data_home
+from hearproto.frontend import FrontEnd, resolve_frontend
 from hearproto.data.cache import FeatureStore, load_or_compute_features
 from hearproto.data.dataset import ClipDataset
 from hearproto.data.splits import SPLITS, load_or_make_splits, split_hash
@@ -32,7 +33,7 @@ class DatasetSpec:
     name: str
     description: str
     preset: str  # default front end
-    crop_frames: int  # training crop T (DESIGN.md)
+    crop_frames: int  # training crop T (docs/design.md, "Front end")
     builtin: bool
 
 
@@ -48,15 +49,6 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("folder", "your own CLASS/**/*.wav tree", "instruments", 256, False),
     )
 }
-
-
-def data_home() -> Path:
-    """Where generated data and caches go: ``$HEARPROTO_DATA``, else the user's cache
-    (``$XDG_CACHE_HOME/hearproto`` or ``~/.cache/hearproto``)."""
-    if os.environ.get("HEARPROTO_DATA"):
-        return Path(os.environ["HEARPROTO_DATA"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hearproto"
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -1,12 +1,13 @@
-"""Fused reconstruction errors: one pass over (b, k, t, f) that never writes a (B, K, T, F)
-tensor, with a hand-written backward pass.
+"""The reconstruction error the model trains on, :func:`reconstruction_error`: fused kernels,
+one pass over (b, k, t, f) that never writes a (B, K, T, F) tensor, with a hand-written
+backward pass, and the torch path where none applies (:mod:`hearproto.kernels.chunks`).
 
 - CPU: C with OpenMP and glibc's vector ``log1pf`` (:mod:`hearproto.kernels.cpu`), built at
   first use by the system's C compiler;
 - CUDA: Triton (:mod:`hearproto.kernels.cuda`), fp32 accumulation for fp32, fp16 and bf16.
 
-:func:`hearproto.transforms.reconstruction_error` calls :func:`fused_error` first and falls
-back to its torch path where it returns None: float64 inputs (kept exact, for gradient
+:func:`reconstruction_error` calls :func:`fused_error` first and falls back to the torch path
+where it returns None: float64 inputs (kept exact, for gradient
 checks), inputs ``x`` that need a gradient, on the CPU non-finite parameters or filter cutoffs
 beyond ±3, or no kernel on this device. ``HEARPROTO_KERNEL=torch`` (or :func:`use_backend`) turns the fused path off.
 """
@@ -20,7 +21,10 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "fused_error", "use_backend", "backend", "fused_available"]
+from hearproto.transforms import MelBins
+
+__all__ = ["BACKENDS", "reconstruction_error", "fused_error", "use_backend", "backend",
+           "fused_available"]
 
 BACKENDS = ("auto", "fused", "torch")
 _CHOSEN: list[str] = []
@@ -75,6 +79,36 @@ def _in_range(pitch: Tensor | None, filters: Tensor | None) -> bool:
             if float(filters[..., 0::2].abs().max()) > MAX_FILTER_CUTOFF:
                 return False
     return True
+
+
+def reconstruction_error(
+    x: Tensor,
+    prototypes: Tensor,
+    pitch: Tensor | None = None,
+    gain: Tensor | None = None,
+    filters: Tensor | None = None,
+    constants: MelBins | None = None,
+    k_chunk: int | None = None,
+    compiled: bool = False,
+) -> Tensor:
+    """Mean over T and F of the squared error of each prototype's reconstruction of ``x``
+    ``(B, T, F)``: ``(B, K)``, the numbers of :func:`hearproto.transforms.squared_error`.
+
+    The other arguments are those of :func:`hearproto.transforms.reconstruct` (per-time
+    parameters with K, or 1 to broadcast, on dim 1; prototypes ``(K, F)`` or per clip
+    ``(B, K, 1, F)``). A fused kernel computes it where one takes the inputs (float32, fp16
+    or bf16 on the CPU or CUDA, ``x`` without gradient); elsewhere the torch path does,
+    ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``
+    (:func:`hearproto.kernels.chunks.chunked_error`). ``HEARPROTO_KERNEL=torch`` or
+    :func:`use_backend` selects the torch path.
+    """
+    if k_chunk is not None and k_chunk < 1:
+        raise ValueError(f"k_chunk must be a positive integer or None, got {k_chunk}")
+    fused = fused_error(x, prototypes, pitch, gain, filters, constants)
+    if fused is not None:
+        return fused
+    from hearproto.kernels.chunks import chunked_error
+    return chunked_error(x, prototypes, pitch, gain, filters, constants, k_chunk, compiled)
 
 
 def fused_error(x: Tensor, prototypes: Tensor, pitch: Tensor | None, gain: Tensor | None,

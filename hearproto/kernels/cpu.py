@@ -36,7 +36,7 @@ _LIBRARY: list = []  # [ctypes.CDLL] once loaded, [None] once it failed
 
 
 def _cache_dir() -> Path:
-    from hearproto.data.registry import data_home  # the project's one place for caches
+    from hearproto.files import data_home  # the project's one place for caches
 
     return data_home() / "kernels"
 

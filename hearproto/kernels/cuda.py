@@ -66,7 +66,9 @@ if triton is not None:
             # piecewise-linear interpolation wherever a position is not within rounding of a
             # knot (at a knot the derivative in s is one-sided, and either side is correct)
             one_a = 1.0 + a
-            log1p_a = tl.where(one_a == 1.0, a, tl.log(one_a) * (a / (one_a - 1.0)))
+            rounded = one_a - 1.0  # a as 1 + a holds it; 0 where a is below half an ulp of 1
+            exact = rounded == 0.0
+            log1p_a = tl.where(exact, a, tl.log(one_a) * (a / tl.where(exact, 1.0, rounded)))
             v = fidx + bpl * log1p_a
             inside = ((v >= 0.0) & (v <= top)).to(tl.float32)
             duds = bpl * w[None, :] * (-1.0 / (s * s))[:, None] / (1.0 + a)

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
-from hearproto.data.registry import data_home
+from hearproto.files import data_home
 from hearproto.train import TrainConfig, train
 
 __all__ = ["METHODS", "SCALE_SETTINGS", "default_runs_dir", "run_config", "settings_digest",

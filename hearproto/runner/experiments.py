@@ -20,34 +20,25 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from hearproto.files import atomic_path
+from hearproto.provenance import describe_device, git_commit
+from hearproto.runner.catalogue import (DEFAULT_DATASETS, EXPERIMENTS, GENERAL, PER_DATASET,
+                                        SCALES, SUMMARY)
+
+if TYPE_CHECKING:  # the book extras: imported where a notebook is read or run
+    import nbformat
 
 __all__ = ["EXPERIMENTS", "GENERAL", "PER_DATASET", "SUMMARY", "DEFAULT_DATASETS", "SCALES",
            "NotebookRun", "fingerprint", "run_notebook", "run_experiments", "output_name",
            "provenance_digest", "write_provenance"]
 
-#: Notebook templates that do not depend on a dataset (executed once each, first).
-GENERAL: tuple[str, ...] = ("intro", "frontend", "datasets", "explorer")
-#: Notebook templates executed once per dataset, into ``NAME-DATASET.ipynb``.
-PER_DATASET: tuple[str, ...] = ("ablation", "classification", "clustering", "prototypes",
-                                "transformations", "timbre")
-#: Notebook templates executed once, after all the others: they summarise the provenance the
-#: per-dataset ones wrote (parameters ``scale`` and ``results_dir``, the results root).
-SUMMARY: tuple[str, ...] = ("reproduce",)
-#: Every template, in the order they are executed.
-EXPERIMENTS: tuple[str, ...] = GENERAL + PER_DATASET + SUMMARY
-#: The datasets ``hearproto experiments run`` uses unless told otherwise.
-DEFAULT_DATASETS: tuple[str, ...] = ("instruments", "speakers")
-#: ``ci``: seconds, for tests; ``small``: the default of ``make book``; ``paper``: the paper's.
-SCALES: tuple[str, ...] = ("ci", "small", "paper")
-
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # hearproto/
 #: Parameters that only the per-dataset notebooks receive from ``run_experiments``.
 DATASET_PARAMETERS = ("data_root", "n_speakers")
 METADATA_KEY = "hearproto"
@@ -89,27 +80,6 @@ def stored_fingerprint(notebook: Path) -> str | None:
     except (OSError, ValueError, json.JSONDecodeError):
         return None
     return metadata.get(METADATA_KEY, {}).get("fingerprint")
-
-
-#: What the runner itself writes: changes there do not make the sources dirty.
-OUTPUT_PATHSPECS = (":(top,exclude)book/*.ipynb", ":(top,exclude)results",
-                    ":(top,exclude)tests/notebooks")
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    """Current commit, with ``-dirty`` if a tracked source file has changes (the executed
-    notebooks and the results the runner is writing do not count), or ``unknown``."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-             *OUTPUT_PATHSPECS], cwd=cwd, capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
 
 
 CHECKED_TAG = "nbval-check-output"
@@ -266,7 +236,7 @@ def run_experiments(
 def _summary_inputs(results_root: Path | None, scale: str, output_dir: Path) -> str:
     """What a summary notebook reads besides its parameters: the provenance files and the wall
     times of the general notebooks executed beside it."""
-    from hearproto.results import executed_seconds
+    from hearproto.runner.results import executed_seconds
 
     general = executed_seconds(output_dir, GENERAL, scale).to_dict()
     return provenance_digest(results_root, scale) + json.dumps(general, sort_keys=True)
@@ -279,9 +249,8 @@ def write_provenance(folder: Path, dataset: str, parameters: dict,
     import torch
 
     from hearproto.data import prepare_dataset
-    from hearproto.results import describe_device
-    from hearproto.runs import SCALE_SETTINGS
-    from hearproto.tables import HEADLINE_SEEDS
+    from hearproto.runner.runs import SCALE_SETTINGS
+    from hearproto.runner.tables import HEADLINE_SEEDS
     from hearproto.train import data_provenance, resolve_device
 
     scale = parameters["scale"]

@@ -1,10 +1,10 @@
 """Tables 1-3 of the paper, computed from the shared runs, with the paper's numbers beside ours.
 
 Each ``tableN`` function trains what it needs (or reuses finished runs, see
-:mod:`hearproto.runs`), evaluates it, and returns two DataFrames:
+:mod:`hearproto.runner.runs`), evaluates it, and returns two DataFrames:
 
 * ``runs``: one row per evaluated checkpoint with its full provenance
-  (:data:`hearproto.results.RESULT_COLUMNS`);
+  (:data:`hearproto.runner.results.RESULT_COLUMNS`);
 * ``table``: the table as the paper prints it (for Tables 2 and 3 the mean and sample
   standard deviation over seeds), with the paper's numbers in columns labelled with the paper's
   dataset, e.g. ``paper SOL OA``.
@@ -21,9 +21,10 @@ import pandas as pd
 
 from hearproto.baselines.trainer import evaluate_baseline
 from hearproto.files import atomic_path
-from hearproto.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, paper_table2, paper_table3
-from hearproto.results import RESULT_COLUMNS, describe_device, result_row, write_table
-from hearproto.runs import ensure_run, run_config, stage_checkpoint
+from hearproto.runner.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, paper_table2, paper_table3
+from hearproto.provenance import describe_device, git_commit
+from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
+from hearproto.runner.runs import ensure_run, run_config, stage_checkpoint
 from hearproto.train import evaluate_checkpoint, read_checkpoint, resolve_device, stages_for
 
 __all__ = ["HEADLINE_SEEDS", "evaluate_rows", "table1", "table2", "table3", "write_tables"]
@@ -41,7 +42,6 @@ def evaluate_rows(checkpoints: list[tuple[Path, dict]], split: str, device: str 
                   root: str | None = None) -> pd.DataFrame:
     """Evaluate each ``(checkpoint, extra)`` on ``split``; ``extra`` may hold ``clustering``
     (baselines) and ``method`` (a label for the row). Rows carry their provenance."""
-    from hearproto.experiments import git_commit  # beside the notebook runner (needs nbformat)
 
     evaluated_on = describe_device(resolve_device(device))
     commit = git_commit(Path(__file__).resolve().parent)

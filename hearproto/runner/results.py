@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,8 +19,10 @@ import pandas as pd
 import torch
 
 from hearproto.files import atomic_path
+from hearproto.provenance import git_commit
+from hearproto.runner.catalogue import EXPERIMENTS
 
-__all__ = ["RESULT_COLUMNS", "describe_device", "result_row", "append_rows", "write_table",
+__all__ = ["RESULT_COLUMNS", "result_row", "append_rows", "write_table",
            "repository_root", "read_provenance", "timings_table", "provenance_table",
            "executed_seconds"]
 
@@ -32,20 +33,10 @@ RESULT_COLUMNS = [
 ]
 
 
-def describe_device(device: str | torch.device) -> str:
-    """``cuda (NVIDIA H100 80GB HBM3)`` or ``cpu (x86_64, 2 threads)``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def result_row(scores: dict, checkpoint: dict, checkpoint_path: str | os.PathLike,
                evaluated_on: str, commit: str | None = None) -> dict:
     """One row: ``scores`` (from ``evaluate_checkpoint`` / ``evaluate_baseline``) and the
     provenance held by the loaded ``checkpoint`` dictionary."""
-    from hearproto.experiments import git_commit
-
     config = checkpoint["config"]
     state = checkpoint.get("state", {})
     return {
@@ -99,7 +90,7 @@ def repository_root(start: str | os.PathLike | None = None) -> Path:
     for folder in (start.resolve(), *start.resolve().parents):
         if (folder / "pyproject.toml").is_file() and (folder / "experiments").is_dir():
             return folder
-    package_parent = Path(__file__).resolve().parents[1]
+    package_parent = Path(__file__).resolve().parents[2]
     if (package_parent / "pyproject.toml").is_file():
         return package_parent
     return start.resolve()
@@ -126,8 +117,6 @@ def timings_table(results_root: str | os.PathLike | None, scale: str) -> pd.Data
     ``results_root/scale/*/provenance.json``, with a ``total`` row and a ``total`` column.
     Notebooks in the runner's order; NaN where a dataset has no time for a notebook. Empty
     (no rows, no columns) when there is no provenance file."""
-    from hearproto.experiments import EXPERIMENTS
-
     provenance = read_provenance(results_root, scale)
     seconds = {}
     for dataset, record in provenance.items():

@@ -1,0 +1,39 @@
+"""What a run records about where it ran: the git commit of the code and the device."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+__all__ = ["git_commit", "describe_device", "OUTPUT_PATHSPECS"]
+
+#: What the runner itself writes: changes there do not make the sources dirty.
+OUTPUT_PATHSPECS = (":(top,exclude)book/*.ipynb", ":(top,exclude)results",
+                    ":(top,exclude)tests/notebooks")
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """Current commit, with ``-dirty`` if a tracked source file has changes (the executed
+    notebooks and the results the runner is writing do not count), or ``unknown``."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+             *OUTPUT_PATHSPECS], cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def describe_device(device: str | torch.device) -> str:
+    """``cuda (NVIDIA H100 80GB HBM3)`` or ``cpu (x86_64, 2 threads)``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"

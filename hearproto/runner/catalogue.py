@@ -1,0 +1,20 @@
+"""The notebooks the runner executes, the datasets it runs them on and the scales it knows."""
+
+from __future__ import annotations
+
+__all__ = ["GENERAL", "PER_DATASET", "SUMMARY", "EXPERIMENTS", "DEFAULT_DATASETS", "SCALES"]
+
+#: Notebook templates that do not depend on a dataset (executed once each, first).
+GENERAL: tuple[str, ...] = ("intro", "frontend", "datasets", "explorer")
+#: Notebook templates executed once per dataset, into ``NAME-DATASET.ipynb``.
+PER_DATASET: tuple[str, ...] = ("ablation", "classification", "clustering", "prototypes",
+                                "transformations", "timbre")
+#: Notebook templates executed once, after all the others: they summarise the provenance the
+#: per-dataset ones wrote (parameters ``scale`` and ``results_dir``, the results root).
+SUMMARY: tuple[str, ...] = ("reproduce",)
+#: Every template, in the order they are executed.
+EXPERIMENTS: tuple[str, ...] = GENERAL + PER_DATASET + SUMMARY
+#: The datasets ``hearproto experiments run`` uses unless told otherwise.
+DEFAULT_DATASETS: tuple[str, ...] = ("instruments", "speakers")
+#: ``ci``: seconds, for tests; ``small``: the default of ``make book``; ``paper``: the paper's.
+SCALES: tuple[str, ...] = ("ci", "small", "paper")
