@@ -56,7 +56,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     from hearproto.frontend import PRESETS
     from hearproto.kernels import fused_available, use_backend
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
-    from hearproto.train import loss_from_errors
+    from hearproto.training.losses import loss_from_errors
 
     if threads:
         torch.set_num_threads(threads)

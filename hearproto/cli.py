@@ -137,11 +137,12 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError(f"--mode, --prototypes, --recipe, --beta-init and --set belong to "
                              f"our model, not --model {args.model} (the autoencoder is scored by "
                              "K-means at evaluation)")
-        summary = train_baseline(BaselineConfig(model=args.model, **common, **given))
+        summary = train_baseline(BaselineConfig(model=args.model, **common, **given),
+                                 overrides=args.override)
         print(f"{summary['out']}: {args.model}, {summary['epochs']} epochs, "
               f"{summary['stop_reason']}, {summary['minutes']} min")
         return 0
-    from hearproto.train import TrainConfig, train
+    from hearproto.training import train, TrainConfig
 
     if args.beta_init is not None:
         given["beta_init"] = args.beta_init
@@ -149,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_recipe(args.recipe or "default", mode=args.mode,
                                      prototypes=args.prototypes, bf16=args.bf16,
                                      compile=not args.no_compile, **common, **given)
-    summary = train(config)
+    summary = train(config, overrides=args.override)
     print(f"{summary['out']}: {summary['epochs']} epochs, stage {summary['stage']}, "
           f"{summary['stop_reason']}, {summary['minutes']} min")
     return 0
@@ -159,7 +160,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from hearproto.baselines.trainer import evaluate_baseline, is_baseline_checkpoint
-    from hearproto.train import evaluate_checkpoint
+    from hearproto.training import evaluate_checkpoint
 
     if is_baseline_checkpoint(args.checkpoint):
         scores = evaluate_baseline(args.checkpoint, split=args.split, device=args.device,
@@ -173,7 +174,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.results:
         from hearproto.provenance import describe_device
         from hearproto.runner.results import append_rows, result_row
-        from hearproto.train import read_checkpoint, resolve_device
+        from hearproto.training import read_checkpoint, resolve_device
 
         row = result_row(scores, read_checkpoint(args.checkpoint), args.checkpoint,
                          describe_device(resolve_device(args.device)))
@@ -212,7 +213,7 @@ def _play_apnet(args: argparse.Namespace) -> int:
 def _play(args: argparse.Namespace) -> int:
     from hearproto.audio import prototype_to_audio, save_audio
     from hearproto.baselines.trainer import is_baseline_checkpoint
-    from hearproto.train import load_checkpoint
+    from hearproto.training import load_checkpoint
 
     if is_baseline_checkpoint(args.checkpoint):
         return _play_apnet(args)
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="front end (default: the dataset's; folder: instruments)")
     train.add_argument("--no-compile", action="store_true",
                        help="eager mode instead of the torch.compile'd error")
+    train.add_argument("--override", action="append", default=[], metavar="SETTING",
+                       help="resuming: let SETTING (a config field, e.g. lr) differ from the "
+                       "run in --out (repeatable). Budgets and devices may always change")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="OA, AA and L_rec of a checkpoint")
@@ -427,9 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hearproto.errors import RunMismatch
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except RunMismatch as err:
+        print(f"hearproto: error: {err} (another folder: --out DIR; a change: --override "
+              "SETTING)", file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, ImportError,
             RuntimeError) as err:
         print(f"hearproto: error: {err}", file=sys.stderr)

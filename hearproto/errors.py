@@ -3,8 +3,16 @@ adds its flags (:mod:`hearproto.cli`)."""
 
 from __future__ import annotations
 
-__all__ = ["AudioError"]
+__all__ = ["AudioError", "DatasetError", "RunMismatch"]
 
 
 class AudioError(ValueError):
     """Audio that cannot be used: unreadable, empty, non-finite, or of the wrong shape."""
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as asked: missing, empty, or not what a run expects."""
+
+
+class RunMismatch(ValueError):
+    """A run folder that holds another run: other settings or other data than asked."""

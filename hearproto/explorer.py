@@ -124,8 +124,8 @@ class PrototypeExplorer:
                  data_root: str | None = None, seconds: float = 1.0, n_iter: int = 32,
                  device: str = "cpu") -> None:
         from hearproto.metrics import UNMAPPED
-        from hearproto.train import (TrainConfig, checkpoint_dataset, clip_errors,
-                                     evaluation_split, load_checkpoint, mapping_for)
+        from hearproto.training import (TrainConfig, checkpoint_dataset, clip_errors, evaluation_split, load_checkpoint)
+        from hearproto.training.evaluation import mapping_for
 
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")

@@ -128,3 +128,12 @@ def test_pure_modules_load_without_the_audio_libraries():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_readme_lists_every_module_once():
+    """README.md, "How the code is organised": one row per module of the tree."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("### How the code is organised", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `hearproto/")]
+    tree = sorted(p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py"))
+    assert sorted(rows) == tree and len(rows) == len(set(rows))

@@ -97,7 +97,7 @@ def test_killed_run_resumes_exactly(tones, tmp_path):
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(x, y, msg=name)
     assert [r["epoch"] for r in metric_rows(resumed)] == ["1", "2", "3", "4"]
-    with pytest.raises(ValueError, match="model='direct', not 'apnet'"):
+    with pytest.raises(ValueError, match=r"model='direct' \(now 'apnet'\)"):
         train_baseline(config(tones, resumed, model="apnet"), progress=False)
 
 

@@ -24,7 +24,7 @@ def spectral_centroid(wave: np.ndarray, sample_rate: int) -> float:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A supervised model trained for a few epochs on three tones far apart."""
-    from hearproto.train import TrainConfig, train
+    from hearproto.training import train, TrainConfig
 
     base = tmp_path_factory.mktemp("explorer")
     root = write_tones(base / "tones")

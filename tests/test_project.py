@@ -61,7 +61,7 @@ def train_readme_run(tmp_path: Path) -> None:
     epochs on three separable classes that carry instrument names."""
     from conftest import write_tones
 
-    from hearproto.train import TrainConfig, train
+    from hearproto.training import train, TrainConfig
 
     root = write_tones(tmp_path / "sounds", names=("cello", "violin", "piccolo"))
     train(TrainConfig.from_recipe(

@@ -15,7 +15,7 @@ from hearproto.runner.experiments import write_provenance
 from hearproto.runner.paper import paper_table1, paper_table3
 from hearproto.runner.runs import run_config
 from hearproto.runner.tables import table1, table2, table3, write_tables
-from hearproto.train import TrainConfig
+from hearproto.training import TrainConfig
 
 
 @pytest.fixture(autouse=True)

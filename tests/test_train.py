@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,12 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch.nn import functional as nnf
 
+from conftest import write_tones
 from hearproto import cli
-from hearproto.train import (
-    RECIPES, TrainConfig, Trainer, augment, calibrated_beta, evaluate_checkpoint, load_checkpoint,
-    loss_from_errors, stages_for, train)
+from hearproto.errors import RunMismatch
+from hearproto.training import (RECIPES, TrainConfig, Trainer, evaluate_checkpoint,
+                                load_checkpoint, stages_for, train)
+from hearproto.training.losses import augment, calibrated_beta, loss_from_errors
 
 SR = 16_000
 
@@ -178,11 +181,41 @@ def test_a_larger_budget_continues_a_finished_run(tones, tmp_path):
     assert summary["epochs"] == 3 and summary["stop_reason"] == "epoch budget (3)"
 
 
-def test_resume_refuses_another_run(tones, tmp_path):
+def test_resume_is_strict(tones, tmp_path):
+    """A run folder resumes with the same settings and data only: a changed lr or mode is
+    refused (every difference named), a larger budget is not a change, a moved folder of the
+    same data is accepted, other data are refused, and an override lets the lr change, in the
+    optimiser as in config.json."""
     out = tmp_path / "run"
     train(config(tones, out, epochs=1), progress=False)
-    with pytest.raises(ValueError, match="mode='supervised', not 'unsupervised'"):
-        train(config(tones, out, epochs=2, mode="unsupervised"), progress=False)
+    with pytest.raises(RunMismatch, match=r"lr=0\.003 \(now 0\.01\); mode='supervised' "
+                                          r"\(now 'unsupervised'\)"):
+        train(config(tones, out, epochs=2, lr=1e-2, mode="unsupervised"), progress=False)
+    moved = shutil.copytree(tones, tmp_path / "moved")
+    summary = train(config(moved, out, epochs=2, max_minutes=60), progress=False)
+    assert summary["epochs"] == 2
+    other = write_tones(tmp_path / "other", names=("a", "b", "c"))
+    with pytest.raises(RunMismatch, match="other data"):
+        train(config(other, out, epochs=3), progress=False)
+    trainer = Trainer(config(moved, out, epochs=3, lr=1e-2), progress=False, overrides=["lr"])
+    trainer.fit()
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-2
+    assert {round(g["base_lr"] / 1e-2, 6) for g in trainer.optimizer.param_groups
+            if g["name"] == "encoder"} == {1.0}
+    with pytest.raises(ValueError, match="overrides: learning_rate"):
+        train(config(moved, out, epochs=4), progress=False, overrides=["learning_rate"])
+
+
+def test_cli_resume_names_the_change_and_the_flags(tones, tmp_path, capsys):
+    run = ["train", "--dataset", "folder", "--root", str(tones), "--out", str(tmp_path / "r"),
+           "--batch-size", "8", "--device", "cpu", "--preset", "speakers", "--no-compile"]
+    assert cli.main([*run, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main([*run, "--epochs", "2", "--lr", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "lr=0.001 (now 0.05)" in err and "--override SETTING" in err
+    assert cli.main([*run, "--epochs", "2", "--lr", "0.05", "--override", "lr"]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.05
 
 
 def test_cli_train_evaluate_play(tones, tmp_path, capsys):

@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from hearproto.train import Trainer, TrainConfig, _State, load_checkpoint
+from hearproto.training import load_checkpoint, TrainConfig, Trainer
+from hearproto.training.loop import _State
 
 
 def main() -> None:

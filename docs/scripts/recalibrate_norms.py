@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from hearproto.train import (TrainConfig, checkpoint_dataset, load_checkpoint, middle_crops,
-                             save_checkpoint)
+from hearproto.training import checkpoint_dataset, load_checkpoint, TrainConfig
+from hearproto.training.checkpoints import save_checkpoint
+from hearproto.training.evaluation import middle_crops
 
 
 def recalibrate(path: str) -> str:

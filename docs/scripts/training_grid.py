@@ -73,7 +73,8 @@ def use_exported(directory: Path) -> None:
     for module in ("librosa", "soundfile", "soxr"):  # training needs none of them
         sys.modules.setdefault(module, types.ModuleType(module))
     import hearproto.baselines.trainer
-    import hearproto.train
+    import hearproto.training.checkpoints
+    import hearproto.training.loop
     from hearproto.frontend import FrontEnd
     from hearproto.data.cache import FeatureStore
     from hearproto.data.registry import PreparedDataset
@@ -94,7 +95,8 @@ def use_exported(directory: Path) -> None:
                                             store, directory / f"{label}.csv", meta["crop_frames"])
         return loaded[label]
 
-    hearproto.train.prepare_dataset = prepare
+    hearproto.training.loop.prepare_dataset = prepare
+    hearproto.training.checkpoints.prepare_dataset = prepare
     hearproto.baselines.trainer.prepare_dataset = prepare
 
 
@@ -104,7 +106,7 @@ def run_one(name: str, directory: Path, out_dir: Path, minutes: float, device: s
     torch.set_num_threads(1)
     use_exported(directory)
     from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline, train_baseline
-    from hearproto.train import TrainConfig, evaluate_checkpoint, train
+    from hearproto.training import evaluate_checkpoint, train, TrainConfig
 
     dataset, mode, recipe, changes = GRID[name]
     changes = dict(changes)

@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -38,19 +39,11 @@ from hearproto.data.dataset import ClipDataset, tile_frames, whole_clip_batches
 from hearproto.baselines.probe import kmeans_scores
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
-from hearproto.train import (
-    RunConfig,
-    checkpoint_dataset,
-    data_provenance,
-    evaluation_split,
-    read_checkpoint,
-    refuse_another_run,
-    resolve_device,
-    restore_rng,
-    rng_snapshot,
-    save_checkpoint,
-    truncate_metrics,
-)
+from hearproto.errors import DatasetError
+from hearproto.training import (RunConfig, check_resume, checkpoint_dataset, evaluation_split,
+                                read_checkpoint, resolve_device)
+from hearproto.training.checkpoints import (data_provenance, restore_rng, rng_snapshot,
+                                            save_checkpoint, truncate_metrics)
 
 __all__ = ["BASELINES", "BaselineConfig", "build_baseline", "train_baseline",
            "is_baseline_checkpoint", "load_baseline", "evaluate_baseline",
@@ -169,8 +162,11 @@ def _init_apnet_prototypes(model: APNet, train_set: ClipDataset, seed: int,
     model.init_prototypes(clips.to(device), generator=generator)
 
 
-def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
-    """Run (or resume, from ``out/last.pt``) a baseline; returns a summary."""
+def train_baseline(config: BaselineConfig, progress: bool = True,
+                   overrides: Iterable[str] = ()) -> dict:
+    """Run (or resume, from ``out/last.pt``) a baseline; returns a summary. ``overrides``
+    names the settings that may differ from the saved run's when it resumes
+    (:func:`~hearproto.training.check_resume`)."""
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -179,7 +175,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
                            n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
     train_set, val_set = data.split("train"), data.split("val")
     if len(train_set) == 0:
-        raise ValueError(f"{config.dataset}: the training split is empty")
+        raise DatasetError(f"{config.dataset}: the training split is empty")
     frames = data.crop_frames
     meta = {"n_classes": train_set.num_classes, "frames": frames,
             "frontend": data.frontend.to_dict(), "classes": list(data.classes),
@@ -195,10 +191,11 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> dict:
     last = out / "last.pt"
     if last.is_file():
         payload = _load(last, device)
-        refuse_another_run(out, BaselineConfig.from_dict(payload["config"]), config,
-                           ("model", "dataset", "seed", "batch_size", "limit_per_class", "preset"))
+        changed = check_resume(out, payload, config, data, overrides)
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        optimizer.load_state_dict(payload["optimizer"])  # restores the saved lr too
+        for group in optimizer.param_groups if "lr" in changed else ():
+            group["lr"] = config.lr
         state.update(payload["state"])
         restore_rng(payload["rng"], loader_generator, device)
         truncate_metrics(out / "metrics.csv", state["epoch"])
@@ -276,7 +273,7 @@ def _load(path: str | os.PathLike, device: torch.device | str) -> dict:
     payload = read_checkpoint(path, device)
     if payload.get("format") != CHECKPOINT_FORMAT or payload.get("baseline") not in BASELINES:
         raise ValueError(f"{path}: not a hearproto baseline checkpoint (our model's "
-                         "checkpoints load with hearproto.train.load_checkpoint)")
+                         "checkpoints load with hearproto.training.load_checkpoint)")
     return payload
 
 
@@ -313,7 +310,8 @@ def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str 
     data = checkpoint_dataset(path, payload, config, root, progress)
     target = evaluation_split(data, split)
     if clustering and name == "direct":
-        raise ValueError("Direct Classification has no clustering variant; drop --kmeans")
+        raise ValueError("Direct Classification has no clustering variant; evaluate it with "
+                         "clustering=False")
     clustering = clustering or name == "autoencoder"
     want = ("features",) if clustering else ("logits",)
     if name != "direct":

@@ -251,7 +251,8 @@ def write_provenance(folder: Path, dataset: str, parameters: dict,
     from hearproto.data import prepare_dataset
     from hearproto.runner.runs import SCALE_SETTINGS
     from hearproto.runner.tables import HEADLINE_SEEDS
-    from hearproto.train import data_provenance, resolve_device
+    from hearproto.training import resolve_device
+    from hearproto.training.checkpoints import data_provenance
 
     scale = parameters["scale"]
     device = resolve_device(parameters.get("device", "auto"))

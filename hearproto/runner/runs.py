@@ -11,7 +11,7 @@ the old one. What each scale means is :data:`SCALE_SETTINGS`:
 * ``small``: the default of ``make book``, minutes per run on 2 CPU cores: a subset of each
   dataset and fixed, short schedules (every curriculum stage is reached);
 * ``paper``: the paper's recipe (whole datasets, lr 1e-4, batch 128, patience 10, beta from
-  softplus(-4); :data:`hearproto.train.RECIPES`), for a GPU.
+  softplus(-4); :data:`hearproto.training.RECIPES`), for a GPU.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
 from hearproto.files import data_home
-from hearproto.train import TrainConfig, train
+from hearproto.training import train, TrainConfig
 
 __all__ = ["METHODS", "SCALE_SETTINGS", "default_runs_dir", "run_config", "settings_digest",
            "ensure_run", "stage_checkpoint"]

@@ -25,7 +25,7 @@ from hearproto.runner.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, pa
 from hearproto.provenance import describe_device, git_commit
 from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
 from hearproto.runner.runs import ensure_run, run_config, stage_checkpoint
-from hearproto.train import evaluate_checkpoint, read_checkpoint, resolve_device, stages_for
+from hearproto.training import evaluate_checkpoint, read_checkpoint, resolve_device, stages_for
 
 __all__ = ["HEADLINE_SEEDS", "evaluate_rows", "table1", "table2", "table3", "write_tables"]
 

@@ -1,0 +1,137 @@
+"""Checkpoints: written atomically, read without pickles, resumed exactly (every random state)
+and strictly (:func:`check_resume`: the same settings and the same data, or a named change)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from hearproto.data import PreparedDataset, prepare_dataset
+from hearproto.errors import DatasetError, RunMismatch
+from hearproto.files import atomic_path
+from hearproto.frontend import FrontEnd
+from hearproto.model import PrototypeModel
+from hearproto.training.config import RunConfig
+
+__all__ = ["CHECKPOINT_FORMAT", "RESUMABLE", "save_checkpoint", "read_checkpoint",
+           "load_checkpoint", "rng_snapshot", "restore_rng", "check_resume", "data_provenance",
+           "checkpoint_dataset", "truncate_metrics"]
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically (a reader never sees half a file)."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def rng_snapshot(loader_generator: torch.Generator, device: torch.device) -> dict:
+    """Every random state a run draws from, to resume it exactly."""
+    return {"torch": torch.get_rng_state(), "loader": loader_generator.get_state(),
+            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+
+
+def restore_rng(snapshot: dict, loader_generator: torch.Generator, device: torch.device) -> None:
+    """Put back the states of :func:`rng_snapshot`."""
+    torch.set_rng_state(snapshot["torch"])
+    loader_generator.set_state(snapshot["loader"])
+    if device.type == "cuda" and snapshot.get("cuda") is not None:
+        torch.cuda.set_rng_state(snapshot["cuda"])
+
+
+#: Settings a run may change when it resumes: how long it runs, and where and how fast it
+#: computes. Any other change is refused unless named in ``overrides``.
+RESUMABLE = frozenset({"epochs", "max_minutes", "device", "threads", "eval_batch_size", "out"})
+
+
+def check_resume(out: str | os.PathLike, payload: dict, config: RunConfig,
+                 data: PreparedDataset, overrides: Iterable[str] = ()) -> list[str]:
+    """Refuse to resume the run saved in ``out`` (its checkpoint ``payload``) with ``config``
+    and ``data`` unless the settings are the same, except those in :data:`RESUMABLE` and those
+    named in ``overrides``, and the data are the same: the same classes and split (by hash),
+    wherever the folder now lies. Raises :class:`~hearproto.errors.RunMismatch` naming every
+    difference; returns the overridden settings that changed."""
+    unknown = sorted(set(overrides) - {f.name for f in fields(config)})
+    if unknown:
+        raise ValueError(f"overrides: {', '.join(unknown)} are not settings of {type(config).__name__}")
+    saved = type(config).from_dict(payload["config"])
+    changed = [f.name for f in fields(config) if f.name not in RESUMABLE | {"root"}
+               and getattr(saved, f.name) != getattr(config, f.name)]
+    refused = [name for name in changed if name not in set(overrides)]
+    same_data = (payload.get("classes") == list(data.classes)
+                 and (payload.get("data") or {}).get("split_hash") == data.info()["split_hash"])
+    if refused or not same_data:
+        reasons = [f"{name}={getattr(saved, name)!r} (now {getattr(config, name)!r})"
+                   for name in refused]
+        if not same_data:
+            reasons.append(f"other data (root {saved.root!r}, now {config.root!r}: other "
+                           f"classes or another split)")
+        raise RunMismatch(f"{out} holds a run with {'; '.join(reasons)}. Resume it with the "
+                          "same settings, name a setting that may change in overrides, or "
+                          "start a new run in another folder")
+    return [name for name in changed if name in set(overrides)]
+
+
+def data_provenance(data: PreparedDataset) -> dict:
+    """What a checkpoint records of its data: the split's hash and the data folder."""
+    return {"split_hash": data.info()["split_hash"], "root": str(data.root)}
+
+
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """The dictionary in a checkpoint file, loaded with ``weights_only=True`` (no pickles);
+    clear errors for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a hearproto checkpoint ({err})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a hearproto checkpoint")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> tuple[PrototypeModel, dict]:
+    """A model and its checkpoint dictionary (loaded with ``weights_only=True``)."""
+    payload = read_checkpoint(path, device)
+    if payload.get("baseline"):
+        raise ValueError(f"{path}: a {payload['baseline']} baseline, not our model; use "
+                         "hearproto.baselines.trainer.load_baseline")
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+    parametrisation = payload["config"].get("beta_parametrisation", "softplus")
+    model = PrototypeModel(payload["num_prototypes"], FrontEnd(**payload["frontend"]),
+                           beta_parametrisation=parametrisation)
+    model.load_state_dict(payload["model"])
+    return model.to(device), payload
+
+
+def checkpoint_dataset(path: str | os.PathLike, payload: dict, config: RunConfig,
+                       root: str | None = None, progress: bool = False) -> PreparedDataset:
+    """The dataset a checkpoint was trained on (``root`` if it moved), with its front end;
+    refuses one whose classes differ."""
+    data = prepare_dataset(config.dataset, root=root or config.root,
+                           limit_per_class=config.limit_per_class, n_speakers=config.n_speakers,
+                           frontend=FrontEnd(**payload["frontend"]), progress=progress)
+    if data.classes != payload["classes"]:
+        raise DatasetError(f"{path}: the dataset's classes differ from the checkpoint's")
+    return data
+
+
+def truncate_metrics(path: str | os.PathLike, epochs: int) -> None:
+    """Drop rows logged after the checkpoint (an epoch that was interrupted and is redone)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epochs]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)

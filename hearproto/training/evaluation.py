@@ -1,0 +1,85 @@
+"""Scoring a model on whole clips: every prototype's error, the prototype -> class mapping,
+and a checkpoint's OA, AA and L_rec on a split."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hearproto.data import PreparedDataset
+from hearproto.data.dataset import ClipDataset, crop_or_tile, whole_clip_batches
+from hearproto.errors import DatasetError
+from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
+from hearproto.model import PrototypeModel
+from hearproto.training.checkpoints import checkpoint_dataset, load_checkpoint
+from hearproto.training.config import TrainConfig, resolve_device
+
+__all__ = ["clip_errors", "mapping_for", "middle_crops", "evaluation_split",
+           "evaluate_checkpoint"]
+
+@torch.no_grad()
+def clip_errors(model: PrototypeModel, dataset: ClipDataset, batch_size: int = 64,
+                device: torch.device | str = "cpu", k_chunk: int = 8) -> Tensor:
+    """Errors ``(N, K)`` of every whole clip of ``dataset`` by every prototype; clips of the
+    same length are batched together."""
+    model.eval()
+    errors = torch.empty(len(dataset), model.num_prototypes)
+    for indices, batch in whole_clip_batches(dataset, batch_size):
+        errors[torch.from_numpy(indices)] = model.errors(batch.to(device), k_chunk)[0].float().cpu()
+    return errors
+
+
+def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device,
+                batch_size: int) -> np.ndarray:
+    """Prototype -> class: k <-> k when supervised, else the majority class of the whole
+    training clips each prototype reconstructs best."""
+    if mode == "supervised":
+        return supervised_mapping(model.num_prototypes)
+    train_errors = clip_errors(model, train, batch_size, device)
+    return majority_mapping(train_errors.argmin(1).numpy(), train.labels.numpy(),
+                            model.num_prototypes, train.num_classes)
+
+
+def middle_crops(clips: ClipDataset, crop_frames: int, batch_size: int, seed: int,
+                 device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """The middle ``crop_frames`` of every clip (short clips tiled, as in training), in
+    batches ``(B, crop_frames, F)`` of a fixed shuffle drawn from ``seed`` (batches of one
+    class would understate batch norm's variance). Touches no global random state, so that
+    a resumed run stays exact."""
+    order = np.random.default_rng(seed).permutation(len(clips))
+    for first in range(0, len(clips), batch_size):
+        crops = []
+        for i in order[first:first + batch_size]:
+            frames = clips.frames(i)
+            crops.append(crop_or_tile(frames, crop_frames, max(len(frames) - crop_frames, 0) // 2))
+        yield torch.from_numpy(np.stack(crops).astype(np.float32)).to(device)
+
+
+def evaluation_split(data: PreparedDataset, split: str) -> ClipDataset:
+    """The whole clips of ``split``; a clear error if the split is empty."""
+    target = data.split(split, crop_frames=None)
+    if len(target) == 0:
+        raise DatasetError(f"{data.name}: the {split} split is empty (a dataset this small "
+                         "has no clip to spare for it); evaluate on another split")
+    return target
+
+
+def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: str = "auto",
+                        root: str | None = None, progress: bool = False) -> dict:
+    """OA, AA (percent) and L_rec (x100) of a checkpoint on a split of its dataset."""
+    device = resolve_device(device)
+    model, payload = load_checkpoint(path, device)
+    config = TrainConfig.from_dict(payload["config"])
+    data = checkpoint_dataset(path, payload, config, root, progress)
+    target = evaluation_split(data, split)
+    mapping = mapping_for(model, config.mode, data.split("train", crop_frames=None), device,
+                          config.eval_batch_size)
+    errors = clip_errors(model, target, config.eval_batch_size, device, config.k_chunk)
+    scores = evaluate(errors.numpy(), target.labels.numpy(), mapping, target.num_classes)
+    return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": scores["L_rec"],
+            "stage": payload["stage"], "dataset": config.dataset, "mode": config.mode,
+            "split": split, "clips": len(target)}
