@@ -3,7 +3,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3.11
+# the Python to build the venv with: $PYTHON, else the newest of 3.13, 3.12 and 3.11 found
+# (one that runs: a pyenv shim of a version that is not active does not)
+PYTHON ?= $(or $(firstword $(foreach v,3.13 3.12 3.11,$(shell python$(v) -c '' 2>/dev/null && echo python$(v)))),$(error no working python3.13, 3.12 or 3.11 found; set PYTHON))
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -79,7 +79,7 @@ def save_audio(
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
         raise AudioError(f"{path}: unsupported extension; use one of {', '.join(AUDIO_EXTENSIONS)}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (or --force) to replace it")
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     samples = _as_numpy_waveform(waveform, "waveform")
     if samples.ndim != 1:
         raise AudioError(f"waveform must be mono with shape (L,), got {tuple(samples.shape)}")

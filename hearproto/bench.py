@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from hearproto.training.config import RECIPES, TrainConfig
+
 __all__ = ["SHAPES", "ANCHORS", "run_benchmarks", "bench_step", "reference_benchmarks"]
 
 #: name -> (K prototypes, T frames, front-end preset); F = 128 mel bins.
@@ -46,7 +48,7 @@ def _peak_rss_bytes() -> int:
 
 
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
-               k_chunk: int = 8, bf16: bool = False, threads: int | None = None,
+               k_chunk: int = TrainConfig.k_chunk, bf16: bool = False, threads: int | None = None,
                compiled: bool = True, kernel: str = "fused", profile: int = 0) -> dict:
     """Time ``repeats`` training steps (after one warm-up) in this process. ``kernel``:
     ``fused`` (:mod:`hearproto.kernels`) or ``torch`` (chunks of tensor operations,
@@ -66,7 +68,9 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     model = PrototypeModel(k, PRESETS[preset]).to(dev)
     for name in TRANSFORMATIONS:
         model.activate(name)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-6, fused=True)
+    # the paper's settings, as the authors' step that the rows are compared with
+    optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPES["paper"]["lr"],
+                                  weight_decay=TrainConfig.weight_decay, fused=True)
     x = torch.rand(batch_size, t, 128, device=dev)
     y = torch.randint(k, (batch_size,), device=dev)
 
@@ -77,7 +81,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
         with use_backend(kernel), torch.autocast("cuda", dtype=torch.bfloat16,
                                                  enabled=bf16 and dev.type == "cuda"):
             errors = model.errors(x, k_chunk, compiled)[0].float()
-        loss = loss_from_errors(errors, y, "supervised", model.beta, 0.01, True)
+        loss = loss_from_errors(errors, y, "supervised", model.beta, TrainConfig.lambda_ce, True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -175,7 +179,8 @@ def reference_benchmarks(source: str | Path, device: str, shapes: list[str],
 
 
 def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
-                   batch_sizes: list[int] | None = None, repeats: int = 3, k_chunk: int = 8,
+                   batch_sizes: list[int] | None = None, repeats: int = 3,
+                   k_chunk: int = TrainConfig.k_chunk,
                    bf16: bool = False, threads: int | None = None, compiled: bool = True,
                    kernels: list[str] | None = None, reference: str | Path | None = None,
                    reference_python: str | None = None,

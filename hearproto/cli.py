@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hearproto.frontend import PRESETS
     from hearproto.data import DATASETS
     from hearproto.runner.catalogue import DEFAULT_DATASETS, EXPERIMENTS, SCALES
+    from hearproto.training.config import RECIPES, BaselineConfig, TrainConfig
+
+    ours, paper, baseline = TrainConfig(), RECIPES["paper"], BaselineConfig()
 
     parser = argparse.ArgumentParser(
         prog="hearproto", description="Audio identification with playable spectral prototypes."
@@ -313,23 +316,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--root", help="data folder (see `hearproto data prepare`)")
     train.add_argument("--mode", choices=["supervised", "unsupervised"], default="supervised")
     train.add_argument("--out", required=True, help="run folder: last.pt, stages/, metrics.csv")
-    train.add_argument("--epochs", type=int,
-                       help="epoch budget (default: ours 1000, baselines 200)")
+    train.add_argument("--epochs", type=int, help=f"epoch budget (default: ours {ours.epochs}, "
+                       f"baselines {baseline.epochs})")
     train.add_argument("--max-minutes", type=float, help="time budget, over resumes")
     train.add_argument("--recipe", choices=["default", "paper"],
                        help="ours: the settings to start from (default: 'default', the one that "
                        "converges in minutes; 'paper': the paper's exactly; docs/training.md)")
     train.add_argument("--patience", type=int,
                        help="epochs without improvement that end a curriculum stage (ours, "
-                       "paper recipe, 10) or the run (baselines, on the validation score, 20)")
+                       f"paper recipe, {paper['patience']}) or the run (baselines, on the "
+                       f"validation score, {baseline.patience})")
     train.add_argument("--prototypes", type=int, help="K (default: the number of classes)")
     train.add_argument("--batch-size", type=int,
-                       help="default: ours 32 (paper recipe 128), baselines 32")
+                       help=f"default: ours {ours.batch_size} (paper recipe "
+                       f"{paper['batch_size']}), baselines {baseline.batch_size}")
     train.add_argument("--lr", type=float,
-                       help="learning rate (default: ours 1e-3 (paper recipe 1e-4), baselines 1e-3)")
+                       help=f"learning rate (default: ours {ours.lr:g} (paper recipe "
+                       f"{paper['lr']:g}), baselines {baseline.lr:g})")
     train.add_argument("--beta-init", type=float,
                        help="ours, supervised: b of beta = softplus(b) (paper recipe) or exp(b), "
-                       "the inverse temperature of the cross-entropy (default -4, the paper's; "
+                       f"the inverse temperature of the cross-entropy (default {ours.beta_init:g}, the paper's; "
                        "the default recipe then calibrates beta when the cross-entropy starts)")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="ours: any TrainConfig field, VALUE in JSON (repeatable), e.g. "
@@ -378,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shapes", help="comma-separated: sol, librispeech (default: both)")
     bench.add_argument("--batch-sizes", help="comma-separated (default: 16,128)")
     bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--k-chunk", type=int, default=8, help="prototypes per chunk (default: 8)")
+    bench.add_argument("--k-chunk", type=int, default=ours.k_chunk,
+                       help=f"prototypes per chunk (default: {ours.k_chunk})")
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     bench.add_argument("--threads", type=int)
     bench.add_argument("--no-compile", action="store_true",
@@ -431,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hearproto.errors import RunMismatch
+    from hearproto.errors import DatasetError, RunMismatch
 
     args = build_parser().parse_args(argv)
     try:
@@ -439,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunMismatch as err:
         print(f"hearproto: error: {err} (another folder: --out DIR; a change: --override "
               "SETTING)", file=sys.stderr)
+        return 2
+    except DatasetError as err:
+        print(f"hearproto: error: {err} (the data folder: --root DIR)", file=sys.stderr)
         return 2
     except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, ImportError,
             RuntimeError) as err:

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from hearproto.errors import DatasetError
 from hearproto import cli
 from hearproto.audio import load_audio
 from hearproto.frontend import LogMel, PRESETS
@@ -161,15 +162,19 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path):
     assert prepared.classes == ["good", "other"] and prepared.info()["clips"] == 8
 
 
-def test_missing_root_says_what_to_do(tmp_path):
+def test_missing_root_says_what_to_do(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="ROOT/CLASS"):
         prepare_dataset("folder", root=tmp_path / "nothing", progress=False)
     with pytest.raises(FileNotFoundError, match="IRCAM"):
         prepare_dataset("sol", root=tmp_path / "nothing", progress=False)
     with pytest.raises(FileNotFoundError, match="--download"):
         prepare_dataset("librispeech", root=tmp_path / "nothing", progress=False)
-    with pytest.raises(ValueError, match="needs --root"):
+    with pytest.raises(DatasetError, match="needs root"):
         prepare_dataset("sol", progress=False)
+    # the library names the argument, the command line its flag
+    assert cli.main(["data", "info", "sol"]) == 2
+    err = capsys.readouterr().err
+    assert "needs root" in err and "(the data folder: --root DIR)" in err
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         prepare_dataset("nope")
 

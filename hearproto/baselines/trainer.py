@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
@@ -40,8 +40,9 @@ from hearproto.baselines.probe import kmeans_scores
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
 from hearproto.errors import DatasetError
-from hearproto.training import (RunConfig, check_resume, checkpoint_dataset, evaluation_split,
+from hearproto.training import (check_resume, checkpoint_dataset, evaluation_split,
                                 read_checkpoint, resolve_device)
+from hearproto.training.config import BASELINES, BaselineConfig
 from hearproto.training.checkpoints import (data_provenance, restore_rng, rng_snapshot,
                                             save_checkpoint, truncate_metrics)
 
@@ -49,32 +50,9 @@ __all__ = ["BASELINES", "BaselineConfig", "build_baseline", "train_baseline",
            "is_baseline_checkpoint", "load_baseline", "evaluate_baseline",
            "apnet_prototype_logmels"]
 
-BASELINES = ("direct", "autoencoder", "apnet")
 CHECKPOINT_FORMAT = 1
 METRIC_COLUMNS = ["epoch", "train_loss", "val_OA", "val_AA", "val_L_rec", "best",
                   "epoch_seconds", "elapsed_seconds"]
-
-
-@dataclass
-class BaselineConfig(RunConfig):
-    """Everything that defines a baseline run (saved as ``config.json``)."""
-
-    model: str = "direct"
-    out: str = "runs/instruments-direct"
-    epochs: int = 200
-    patience: int = 20  # epochs without a better validation score
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = None  # gradient-norm clipping; None: 0.5 for apnet (as its authors)
-    apnet_prototypes: int = 100
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.model not in BASELINES:
-            raise ValueError(f"model must be one of {BASELINES}, got {self.model!r}")
-        if self.grad_clip is None and self.model == "apnet":
-            self.grad_clip = 0.5
 
 
 def build_baseline(name: str, n_classes: int, n_mels: int, frames: int,

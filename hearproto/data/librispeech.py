@@ -37,9 +37,9 @@ def index_librispeech(root: Path, n_speakers: int | None = 128,
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"{root}: no such folder. Point --root at a LibriSpeech copy (e.g. the folder "
-            f"holding train-clean-360/), or fetch an official subset with "
-            f"`hearproto data prepare librispeech --root DIR --download train-clean-100` "
+            f"{root}: no such folder. Pass a LibriSpeech copy as root (e.g. the folder "
+            f"holding train-clean-360/), or fetch an official subset with download= "
+            f"(`hearproto data prepare librispeech --root DIR --download train-clean-100`) "
             f"on a machine that is online.")
     rows, misnamed = [], []
     for path in tqdm(list_audio_files(root), desc="indexing LibriSpeech", unit="file",
@@ -92,7 +92,7 @@ def download(subset: str, root: Path, timeout: float = 20.0) -> Path:
         archive.unlink(missing_ok=True)
         raise ConnectionError(
             f"could not download LibriSpeech {subset} from {url} ({err}). This machine seems "
-            f"offline: download it elsewhere, unpack it, and pass its folder with --root."
+            f"offline: download it elsewhere, unpack it, and pass its folder as root."
         ) from None
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="data")

@@ -15,6 +15,7 @@ from typing import Callable
 
 import pandas as pd
 
+from hearproto.errors import DatasetError
 from hearproto.files import data_home
 from hearproto.frontend import FrontEnd, resolve_frontend
 from hearproto.data.cache import FeatureStore, load_or_compute_features
@@ -102,8 +103,8 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
         if different:
             details = ", ".join(f"{k} is {old!r} there, {new!r} asked" for k, (old, new)
                                 in different.items())
-            raise ValueError(f"{root} holds another generated dataset ({details}); pass another "
-                             f"--root, or delete that folder to regenerate it")
+            raise DatasetError(f"{root} holds another generated dataset ({details}); pass "
+                               f"another root, or delete that folder to regenerate it")
         if found.get("generator") == generator:
             return pd.read_csv(root / GENERATED_TABLE, dtype={"path": str, "label": str})
         warnings.warn(f"{root} was made by another version of the {name} generator; "
@@ -111,7 +112,7 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
         stale = True
     elif root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and was not made by hearproto; refusing to write "
-                              f"into it. Pass an empty or new folder with --root.")
+                              f"into it. Pass an empty or new folder as root.")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
     try:
@@ -219,7 +220,7 @@ def prepare_dataset(
         tag = name
     else:
         if root is None:
-            raise ValueError(f"dataset {name!r} needs --root: the folder of your local copy")
+            raise DatasetError(f"dataset {name!r} needs root: the folder of your local copy")
         root = Path(root).expanduser()
         if name == "librispeech":
             from hearproto.data.librispeech import download as fetch, index_librispeech

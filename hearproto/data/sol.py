@@ -30,7 +30,7 @@ def index_sol(root: Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{root}: no such folder. SOL cannot be downloaded automatically: obtain SOL 0.9 HQ "
             f"or OrchideaSOL from IRCAM and pass the folder holding Brass/, Strings/, Winds/ ... "
-            f"with --root.")
+            f"as root.")
     top = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     has_families = bool(top) and top <= FAMILIES
     table = index_folder(root, class_depth=2 if has_families else 1)

@@ -10,7 +10,8 @@ import torch
 from hearproto.model import BETA_PARAMETRISATIONS, UNSUPERVISED_INITS
 from hearproto.training.curriculum import stages_for
 
-__all__ = ["MODES", "RunConfig", "RECIPES", "TrainConfig", "resolve_device"]
+__all__ = ["MODES", "RunConfig", "RECIPES", "TrainConfig", "BASELINES", "BaselineConfig",
+           "resolve_device"]
 
 MODES = ("supervised", "unsupervised")
 
@@ -180,6 +181,32 @@ class TrainConfig(RunConfig):
         if recipe not in RECIPES:
             raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
         return cls(**{**RECIPES[recipe], "recipe": recipe, **changes})
+
+
+#: The baselines of Tables 2 and 3 (hearproto.baselines).
+BASELINES = ("direct", "autoencoder", "apnet")
+
+
+@dataclass
+class BaselineConfig(RunConfig):
+    """Everything that defines a baseline run (saved as ``config.json``)."""
+
+    model: str = "direct"
+    out: str = "runs/instruments-direct"
+    epochs: int = 200
+    patience: int = 20  # epochs without a better validation score
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # gradient-norm clipping; None: 0.5 for apnet (as its authors)
+    apnet_prototypes: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model not in BASELINES:
+            raise ValueError(f"model must be one of {BASELINES}, got {self.model!r}")
+        if self.grad_clip is None and self.model == "apnet":
+            self.grad_clip = 0.5
 
 
 def resolve_device(name: str) -> torch.device:

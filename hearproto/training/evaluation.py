@@ -23,7 +23,7 @@ __all__ = ["clip_errors", "mapping_for", "middle_crops", "evaluation_split",
 
 @torch.no_grad()
 def clip_errors(model: PrototypeModel, dataset: ClipDataset, batch_size: int = 64,
-                device: torch.device | str = "cpu", k_chunk: int = 8) -> Tensor:
+                device: torch.device | str = "cpu", k_chunk: int = TrainConfig.k_chunk) -> Tensor:
     """Errors ``(N, K)`` of every whole clip of ``dataset`` by every prototype; clips of the
     same length are batched together."""
     model.eval()
