@@ -31,16 +31,10 @@ from hearproto.audio import load_audio, mel_to_audio, prototype_to_audio
 from hearproto.errors import AudioError
 from hearproto.frontend import FrontEnd
 from hearproto.model import PrototypeModel
-from hearproto.transforms import MelBins, reconstruct
-from hearproto.viz import audio_player, show_frame, show_logmel
+from hearproto.transforms import FILTER_RANGE, GAIN_RANGE, PITCH_RANGE, MelBins, reconstruct
+from hearproto.viz import audio_player, audio_tag, show_frame, show_logmel
 
 __all__ = ["Settings", "transform_frame", "PrototypeExplorer", "prototype_grid", "PrototypeGrid"]
-
-#: Slider ranges: the ranges the model's networks can predict (``hearproto.transforms``).
-GAIN_RANGE = (-0.5, 0.5)
-PITCH_RANGE = (float(np.exp(-1.0)), float(np.exp(1.0)))
-FILTER_RANGE = (-0.25, 0.25)
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -388,15 +382,11 @@ class PrototypeGrid:
         self.rows, self.columns = rows, columns
 
     def _repr_html_(self) -> str:
-        import base64
-
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = []
         for name, cells in self.rows.items():
             players = "".join(
-                f'<td><audio controls preload="metadata" style="width:9.5em" '
-                f'title="{html.escape(name)}, {html.escape(column)}" '
-                f'src="data:audio/mpeg;base64,{base64.b64encode(data).decode()}"></audio></td>'
+                f"<td>{audio_tag(data, 'audio/mpeg', f'{name}, {column}', '9.5em')}</td>"
                 for column, data in cells)
             body.append(f"<tr><th style='text-align:left'>{html.escape(name)}</th>{players}</tr>")
         # a wide grid scrolls sideways instead of spilling out of the page

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MEL_A",
     "SOFTPLUS_BETA",
+    "GAIN_RANGE",
+    "PITCH_RANGE",
+    "FILTER_RANGE",
     "MelBins",
     "mel_bin_constants",
     "gain",
@@ -56,6 +59,10 @@ __all__ = [
 ]
 
 SOFTPLUS_BETA = 10.0
+#: The transformations' ranges: the networks' outputs reach them through tanh.
+GAIN_RANGE = (-0.5, 0.5)
+PITCH_RANGE = (math.exp(-1.0), math.exp(1.0))
+FILTER_RANGE = (-0.25, 0.25)  # each of c_h, G_h, c_l, G_l
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +139,7 @@ def gain(m: Tensor, g: Tensor) -> Tensor:
 
 def gain_from_raw(raw: Tensor) -> Tensor:
     """Network output -> gain, ``0.5 tanh(raw)`` in (-0.5, 0.5). Same shape."""
-    return 0.5 * torch.tanh(raw)
+    return GAIN_RANGE[1] * torch.tanh(raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +239,7 @@ def spectral_filters(params: Tensor, n_bins: int) -> Tensor:
 
 def filter_params_from_raw(raw: Tensor) -> Tensor:
     """Network output ``(B, K, T, 4)`` -> ``(c_h, G_h, c_l, G_l) = 0.25 tanh(raw)``."""
-    return 0.25 * torch.tanh(raw)
+    return FILTER_RANGE[1] * torch.tanh(raw)
 
 
 # --------------------------------------------------------------------------------------------

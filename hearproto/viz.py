@@ -57,6 +57,15 @@ def show_frame(frame, frontend: FrontEnd | str, ax: plt.Axes | None = None, **pl
     return ax
 
 
+def audio_tag(data: bytes, mimetype: str, title: str | None = None,
+              width: str | None = None) -> str:
+    """An ``<audio>`` element that carries ``data`` (encoded audio) in its source."""
+    source = f"data:{mimetype};base64,{base64.b64encode(data).decode()}"
+    style = f' style="width:{width}"' if width else ""
+    return (f'<audio controls preload="metadata" src="{source}"{style} '
+            f'title="{html.escape(title or "")}"></audio>')
+
+
 class AudioPlayer:
     """An embedded ``<audio>`` player (with an optional caption) for notebooks and the book."""
 
@@ -64,10 +73,7 @@ class AudioPlayer:
         self.data, self.mimetype, self.title = data, mimetype, title
 
     def _repr_html_(self, width: str | None = None) -> str:
-        source = f"data:{self.mimetype};base64,{base64.b64encode(self.data).decode()}"
-        style = f' style="width:{width}"' if width else ""
-        audio = (f'<audio controls preload="metadata" src="{source}"{style} '
-                 f'title="{html.escape(self.title or "")}"></audio>')
+        audio = audio_tag(self.data, self.mimetype, self.title, width)
         if not self.title:
             return audio
         return (f'<figure class="hearproto-player" style="display:inline-block;margin:0 1em 1em 0">'

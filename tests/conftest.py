@@ -81,6 +81,15 @@ def timbres(tmp_path) -> Path:
 
 
 @pytest.fixture
+def data_home(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty data home (``HEARPROTO_DATA``) for the test: generated data, caches and
+    splits go there, not into the user's."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HEARPROTO_DATA", str(home))
+    return home
+
+
+@pytest.fixture
 def tones(tmp_path) -> Path:
     """The three separable classes of :func:`write_tones`."""
     return write_tones(tmp_path / "tones")

@@ -23,9 +23,7 @@ from hearproto.baselines.trainer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def data_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HEARPROTO_DATA", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("data_home")
 
 
 def config(root: Path, out: Path, **changes) -> BaselineConfig:

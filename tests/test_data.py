@@ -26,11 +26,7 @@ LIBRISPEECH_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "li
 SR = 16_000
 
 
-@pytest.fixture(autouse=True)
-def data_home(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    monkeypatch.setenv("HEARPROTO_DATA", str(home))
-    return home
+pytestmark = pytest.mark.usefixtures("data_home")
 
 
 def tone(f0: float, seconds: float = 1.0, sr: int = SR, amplitude: float = 0.3) -> np.ndarray:

@@ -19,8 +19,7 @@ from hearproto.training import TrainConfig
 
 
 @pytest.fixture(autouse=True)
-def homes(tmp_path, monkeypatch):
-    monkeypatch.setenv("HEARPROTO_DATA", str(tmp_path / "home"))
+def homes(tmp_path, monkeypatch, data_home):
     monkeypatch.setenv("HEARPROTO_RUNS", str(tmp_path / "runs"))
     # the 16 kHz tones need the speakers front end; everything else is the real ci scale
     settings = copy.deepcopy(runs_module.SCALE_SETTINGS)

@@ -24,9 +24,7 @@ from hearproto.training.losses import augment, calibrated_beta, loss_from_errors
 SR = 16_000
 
 
-@pytest.fixture(autouse=True)
-def data_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HEARPROTO_DATA", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("data_home")
 
 
 def config(root: Path, out: Path, recipe: str = "paper", **changes) -> TrainConfig:
