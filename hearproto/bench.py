@@ -7,7 +7,7 @@ size (VmHWM), on CUDA ``torch.cuda.max_memory_allocated``.
 
 The authors' implementation is the yardstick. With ``reference=`` (``--reference DIR``, a
 checkout of their public repository) it is timed in the same run by ``refbench.py`` (the
-project's shared tool; it needs a Python with omegaconf, hydra-core and pytorch_lightning,
+project's timing script, kept outside the repository, ``refbench=``; it needs a Python with omegaconf, hydra-core and pytorch_lightning,
 ``--reference-python``), and each row gets its figures. Otherwise the rows carry the anchor
 figures below, measured side by side on our machines (``anchor_*``).
 """
@@ -134,24 +134,21 @@ def _profile(step, device: torch.device, top: int, steps: int = 2) -> list[list]
     return sorted(rows, key=lambda row: -row[1])[:top]
 
 
-def default_refbench() -> Path:
-    """``shared/tools/refbench.py`` beside this repository (the project's layout)."""
-    return Path(__file__).resolve().parents[2] / "shared" / "tools" / "refbench.py"
-
-
 def reference_benchmarks(source: str | Path, device: str, shapes: list[str],
                          batch_sizes: list[int], threads: int | None,
                          python: str | None = None, refbench: str | Path | None = None
                          ) -> dict[tuple[str, int], dict]:
     """The authors' training step timed by ``refbench.py`` from their checkout ``source``:
     ``(shape, batch size) -> {"clips_per_second", "peak_memory_gb"}`` or ``{"error": ...}``."""
-    script = Path(refbench) if refbench else default_refbench()
+    if refbench is None:
+        raise ValueError("timing the authors' code needs refbench.py, the project's timing "
+                         "script (kept outside the repository): pass its path as refbench")
+    script = Path(refbench)
     if not script.is_file():
-        raise FileNotFoundError(f"refbench.py not found at {script}; pass its path with "
-                                "--refbench")
+        raise FileNotFoundError(f"{script}: no such file (refbench.py)")
     if not (Path(source) / "amodelyoucanhear").is_dir():
         raise FileNotFoundError(f"{source} is not a checkout of the authors' repository (no "
-                                "amodelyoucanhear/ in it); pass the checkout with --reference")
+                                "amodelyoucanhear/ in it); pass the checkout as reference")
     command = [python or sys.executable, str(script), "--src", str(source),
                "--device", "cuda" if device.startswith("cuda") else "cpu",
                "--shapes", ",".join(REFERENCE_SHAPES[s] for s in shapes),

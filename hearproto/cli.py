@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the Python that runs refbench.py, with omegaconf, hydra-core and "
                        "pytorch_lightning installed (default: this one)")
     bench.add_argument("--refbench", metavar="PATH",
-                       help="refbench.py (default: shared/tools/refbench.py beside the repository)")
+                       help="refbench.py, the project's script that times the authors' code "
+                       "(needed with --reference)")
     bench.add_argument("--profile", type=int, default=0, metavar="N",
                        help="also list the N operations that take the most time per step "
                        "(torch.profiler; device time on CUDA)")

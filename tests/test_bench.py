@@ -60,3 +60,5 @@ def test_reference_figures_are_merged_by_shape_and_batch(tmp_path, capsys):
     assert three["reference_error"] == "estimated peak RSS" and "speedup_vs_reference" not in three
     assert cli.main(["bench", "--reference", str(tmp_path), "--refbench", str(fake)]) == 2
     assert "not a checkout of the authors' repository" in capsys.readouterr().err
+    assert cli.main(["bench", "--reference", str(checkout)]) == 2  # and no refbench.py
+    assert "pass its path as refbench" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_fixed_stage_epochs_walk_the_whole_curriculum(tones, tmp_path):
 
 def test_unsupervised_training_and_reassignment(tones, tmp_path):
     trainer = Trainer(config(tones, tmp_path / "u", mode="unsupervised", epochs=2), progress=False)
-    trainer._fresh_start()
+    trainer.start()
     trainer._enter_stage(0)
     trainer.model.activate("gain")
     head = trainer.model.decoders["gain"].head
@@ -120,7 +120,7 @@ def test_unsupervised_training_and_reassignment(tones, tmp_path):
 def test_held_stages_train_each_clip_on_its_initial_cluster(tones, tmp_path):
     cfg = config(tones, tmp_path / "held", mode="unsupervised", epochs=1, held_stages=["gain"])
     trainer = Trainer(cfg, progress=False)
-    trainer._fresh_start()
+    trainer.start()
     truth = trainer.train_clips.labels
     assert adjusted_rand_score(truth, trainer.held_labels) == 1.0  # the initial clusters
     trainer._enter_stage(1)  # gain: held
@@ -133,7 +133,7 @@ def test_held_stages_train_each_clip_on_its_initial_cluster(tones, tmp_path):
     before = trainer.model.prototypes.detach().clone()
     trainer._epoch(None)
     assert ((trainer.model.prototypes.detach() - before).abs().amax(1) > 1e-4).all()
-    assert torch.equal(trainer._payload()["held_labels"], torch.zeros_like(truth))  # resumable
+    assert torch.equal(trainer.payload()["held_labels"], torch.zeros_like(truth))  # resumable
 
 
 def test_held_stages_are_checked():

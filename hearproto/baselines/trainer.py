@@ -16,37 +16,32 @@ its training clips, as for our unsupervised model).
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from hearproto.frontend import FrontEnd
 from hearproto.baselines.apnet import APNet
 from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
+from hearproto.baselines.probe import kmeans_scores
 from hearproto.data import prepare_dataset
 from hearproto.data.dataset import ClipDataset, tile_frames, whole_clip_batches
-from hearproto.baselines.probe import kmeans_scores
+from hearproto.errors import DatasetError
+from hearproto.frontend import FrontEnd
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
-from hearproto.errors import DatasetError
-from hearproto.training import (check_resume, checkpoint_dataset, evaluation_split,
-                                read_checkpoint, resolve_device)
+from hearproto.training import checkpoint_dataset, evaluation_split, read_checkpoint, resolve_device
+from hearproto.training.checkpoints import data_provenance, rng_snapshot, save_checkpoint
 from hearproto.training.config import BASELINES, BaselineConfig
-from hearproto.training.checkpoints import (data_provenance, restore_rng, rng_snapshot,
-                                            save_checkpoint, truncate_metrics)
+from hearproto.training.runloop import RunLoop
 
-__all__ = ["BASELINES", "BaselineConfig", "build_baseline", "train_baseline",
+__all__ = ["BASELINES", "BaselineConfig", "BaselineRun", "build_baseline", "train_baseline",
            "is_baseline_checkpoint", "load_baseline", "evaluate_baseline",
            "apnet_prototype_logmels"]
 
@@ -140,107 +135,124 @@ def _init_apnet_prototypes(model: APNet, train_set: ClipDataset, seed: int,
     model.init_prototypes(clips.to(device), generator=generator)
 
 
+@dataclass
+class _State:
+    epoch: int = 0
+    best_score: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])
+    stale_epochs: int = 0
+    elapsed_seconds: float = 0.0
+    done: bool = False
+    stop_reason: str = ""
+
+
+class BaselineRun(RunLoop):
+    """A baseline's run on the shared loop: an epoch of its own loss, validation, ``best.pt``
+    at each better validation score, and a stop after ``patience`` epochs without one."""
+
+    columns = tuple(METRIC_COLUMNS)
+    final_reasons = ("no better validation score",)
+
+    def __init__(self, config: BaselineConfig, progress: bool = True,
+                 overrides: Iterable[str] = ()) -> None:
+        device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        data = prepare_dataset(config.dataset, root=config.root,
+                               limit_per_class=config.limit_per_class,
+                               n_speakers=config.n_speakers, frontend=config.preset,
+                               progress=progress)
+        super().__init__(config, data, device, progress, overrides,
+                         f"{config.dataset} {config.model}")
+        self.train_set, self.val_set = data.split("train"), data.split("val")
+        if len(self.train_set) == 0:
+            raise DatasetError(f"{config.dataset}: the training split is empty")
+        self.frames = data.crop_frames
+        self.meta = {"n_classes": self.train_set.num_classes, "frames": self.frames,
+                     "frontend": data.frontend.to_dict(), "classes": list(data.classes),
+                     "data": data_provenance(data)}
+        self.model = build_baseline(config.model, self.train_set.num_classes,
+                                    data.frontend.n_mels, self.frames,
+                                    config.apnet_prototypes).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay, fused=True)
+        self.loader_generator.manual_seed(config.seed)
+        self.state = _State()
+
+    def read(self, path: Path) -> dict:
+        return _load(path, self.device)
+
+    def start(self) -> None:
+        if self.config.model == "apnet":
+            _init_apnet_prototypes(self.model, self.train_set, self.config.seed, self.device)
+
+    def load(self, payload: dict, changed: list[str]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])  # restores the saved lr too
+        for group in self.optimizer.param_groups if "lr" in changed else ():
+            group["lr"] = self.config.lr
+        self.state = _State(**payload["state"])
+
+    def payload(self) -> dict:
+        return _checkpoint(self.model, self.optimizer, self.config, self.meta,
+                           asdict(self.state), self.loader_generator, self.device)
+
+    def train_epoch(self) -> None:
+        config, model, state = self.config, self.model, self.state
+        model.train()
+        loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True,
+                            generator=self.loader_generator,
+                            drop_last=len(self.train_set) > config.batch_size)
+        total, count = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            loss, _ = model.loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        state.epoch += 1
+        self._loss = total / count
+        self._val = _validation(model, config.model, self.val_set, config.eval_batch_size,
+                                self.device, self.frames) if len(self.val_set) else {}
+        # validation OA (L_rec for the autoencoder); ties, common while a classifier is still
+        # at chance, go to the lower training loss
+        primary = self._val.get("OA", -self._val.get("L_rec", math.inf)) if self._val else -math.inf
+        score = [primary, -self._loss]
+        self._improved = score > list(state.best_score)
+        if self._improved:
+            state.best_score, state.stale_epochs = score, 0
+        else:
+            state.stale_epochs += 1
+
+    def metrics_row(self, epoch_seconds: float) -> list:
+        val = self._val
+        return [self.state.epoch, f"{self._loss:.6f}",
+                *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
+                int(self._improved), f"{epoch_seconds:.2f}", f"{self.state.elapsed_seconds:.1f}"]
+
+    def postfix(self) -> dict:
+        return {"loss": f"{self._loss:.4f}",
+                **({"val_OA": f"{self._val['OA']:.1f}"} if "OA" in self._val else {})}
+
+    def after_epoch(self) -> None:
+        if self.state.stale_epochs >= self.config.patience:
+            self.state.done, self.state.stop_reason = True, "no better validation score"
+
+    def before_save(self) -> None:
+        if self._improved:
+            save_checkpoint(self.payload(), self.out / "best.pt")
+
+
 def train_baseline(config: BaselineConfig, progress: bool = True,
                    overrides: Iterable[str] = ()) -> dict:
     """Run (or resume, from ``out/last.pt``) a baseline; returns a summary. ``overrides``
     names the settings that may differ from the saved run's when it resumes
     (:func:`~hearproto.training.check_resume`)."""
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    data = prepare_dataset(config.dataset, root=config.root, limit_per_class=config.limit_per_class,
-                           n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
-    train_set, val_set = data.split("train"), data.split("val")
-    if len(train_set) == 0:
-        raise DatasetError(f"{config.dataset}: the training split is empty")
-    frames = data.crop_frames
-    meta = {"n_classes": train_set.num_classes, "frames": frames,
-            "frontend": data.frontend.to_dict(), "classes": list(data.classes),
-            "data": data_provenance(data)}
-    model = build_baseline(config.model, train_set.num_classes, data.frontend.n_mels, frames,
-                           config.apnet_prototypes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay, fused=True)
-    loader_generator = torch.Generator().manual_seed(config.seed)
-    out = Path(config.out)
-    state = {"epoch": 0, "best_score": [-math.inf, -math.inf], "stale_epochs": 0, "elapsed_seconds": 0.0,
-             "done": False, "stop_reason": ""}
-    last = out / "last.pt"
-    if last.is_file():
-        payload = _load(last, device)
-        changed = check_resume(out, payload, config, data, overrides)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])  # restores the saved lr too
-        for group in optimizer.param_groups if "lr" in changed else ():
-            group["lr"] = config.lr
-        state.update(payload["state"])
-        restore_rng(payload["rng"], loader_generator, device)
-        truncate_metrics(out / "metrics.csv", state["epoch"])
-        if state["done"] and state["stop_reason"] != "no better validation score":
-            state["done"] = bool(config.budget_spent(state["epoch"], state["elapsed_seconds"]))
-    else:
-        if config.model == "apnet":
-            _init_apnet_prototypes(model, train_set, config.seed, device)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "metrics.csv", "w", newline="") as handle:
-            csv.writer(handle).writerow(METRIC_COLUMNS)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
-
-    started = time.perf_counter() - state["elapsed_seconds"]
-    bar = tqdm(total=config.epochs, initial=state["epoch"], unit="epoch",
-               desc=f"{config.dataset} {config.model}", disable=not progress)
-    while not state["done"]:
-        epoch_start = time.perf_counter()
-        model.train()
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                            generator=loader_generator,
-                            drop_last=len(train_set) > config.batch_size)
-        total, count = 0.0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss, _ = model.loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-        state["epoch"] += 1
-        val = _validation(model, config.model, val_set, config.eval_batch_size, device,
-                          frames) if len(val_set) else {}
-        # validation OA (L_rec for the autoencoder); ties, common while a classifier is still
-        # at chance, go to the lower training loss
-        primary = val.get("OA", -val.get("L_rec", math.inf)) if val else -math.inf
-        score = [primary, -total / count]
-        improved = score > list(state["best_score"])
-        if improved:
-            state["best_score"], state["stale_epochs"] = score, 0
-        else:
-            state["stale_epochs"] += 1
-        state["elapsed_seconds"] = time.perf_counter() - started
-        with open(out / "metrics.csv", "a", newline="") as handle:
-            csv.writer(handle).writerow(
-                [state["epoch"], f"{total / count:.6f}",
-                 *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
-                 int(improved), f"{time.perf_counter() - epoch_start:.2f}",
-                 f"{state['elapsed_seconds']:.1f}"])
-        spent = config.budget_spent(state["epoch"], state["elapsed_seconds"])
-        if state["stale_epochs"] >= config.patience:
-            state["done"], state["stop_reason"] = True, "no better validation score"
-        elif spent:
-            state["done"], state["stop_reason"] = True, spent
-        payload = _checkpoint(model, optimizer, config, meta, state, loader_generator, device)
-        if improved:
-            save_checkpoint(payload, out / "best.pt")
-        save_checkpoint(payload, last)
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / count:.4f}",
-                        **({"val_OA": f"{val['OA']:.1f}"} if "OA" in val else {}))
-    bar.close()
-    return {"out": str(out), "epochs": state["epoch"], "stop_reason": state["stop_reason"],
-            "minutes": round(state["elapsed_seconds"] / 60, 2)}
+    return BaselineRun(config, progress, overrides).fit()
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,10 +16,7 @@ to ``lr``.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -28,7 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hearproto.data import PreparedDataset, prepare_dataset
 from hearproto.data.dataset import clip_statistics
@@ -36,12 +32,12 @@ from hearproto.errors import DatasetError, RunMismatch
 from hearproto.metrics import evaluate
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
 from hearproto.provenance import describe_device
-from hearproto.training.checkpoints import (CHECKPOINT_FORMAT, check_resume, data_provenance,
-                                            load_checkpoint, restore_rng, rng_snapshot,
-                                            save_checkpoint, truncate_metrics)
+from hearproto.training.checkpoints import (CHECKPOINT_FORMAT, data_provenance, load_checkpoint,
+                                            rng_snapshot, save_checkpoint)
 from hearproto.training.config import TrainConfig, resolve_device
 from hearproto.training.curriculum import stages_for
 from hearproto.training.evaluation import clip_errors, mapping_for, middle_crops
+from hearproto.training.runloop import RunLoop
 from hearproto.training.losses import augment, calibrated_beta, loss_from_errors
 
 __all__ = ["Trainer", "train", "METRIC_COLUMNS", "Relabelled"]
@@ -64,22 +60,33 @@ class _State:
     stop_reason: str = ""
 
 
-class Trainer:
+#: metrics.csv's columns.
+METRIC_COLUMNS = ["epoch", "stage", "train_loss", "val_OA", "val_AA", "val_L_rec", "lr",
+                  "active", "reassigned", "beta", "epoch_seconds", "elapsed_seconds"]
+
+
+class Trainer(RunLoop):
+    """Our model's run: the curriculum's stages (each saved as ``stages/STAGE.pt``), the
+    unsupervised reassignment, and validation every ``val_every`` epochs, on the shared loop
+    (:class:`~hearproto.training.runloop.RunLoop`)."""
+
+    columns = tuple(METRIC_COLUMNS)
+    final_reasons = ("curriculum complete",)
+
     def __init__(self, config: TrainConfig, progress: bool = True,
                  overrides: Iterable[str] = ()) -> None:
         """``overrides``: settings that may differ from those of the run already in
         ``config.out`` when it resumes (:func:`~hearproto.training.checkpoints.check_resume`)."""
-        self.config = config
-        self.overrides = tuple(overrides)
-        self.out = Path(config.out)
-        self.progress = progress
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)  # the networks' initial weights
-        self.data: PreparedDataset = prepare_dataset(
+        data = prepare_dataset(
             config.dataset, root=config.root, limit_per_class=config.limit_per_class,
             n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
+        super().__init__(config, data, device, progress, overrides,
+                         f"{config.dataset} {config.mode}")
+        self.data: PreparedDataset = data
         self.train_set = self.data.split("train")
         self.train_clips = self.data.split("train", crop_frames=None)
         self.val_set = self.data.split("val")
@@ -94,7 +101,6 @@ class Trainer:
         self.model = PrototypeModel(k, self.data.frontend, config.beta_init,
                                     config.beta_parametrisation).to(self.device)
         self.optimizer = self._optimizer()
-        self.loader_generator = torch.Generator()
         self.held_labels: Tensor | None = None  # (N,) the initial cluster of each training clip
         self.state = _State()
         self.steps_per_epoch = max(1, len(self.train_set) // config.batch_size)
@@ -119,7 +125,7 @@ class Trainer:
         # fused: one kernel per step instead of a dozen per tensor (5x faster on 2 CPU cores)
         return torch.optim.AdamW(groups, lr=c.lr, fused=True)
 
-    def _fresh_start(self) -> None:
+    def start(self) -> None:
         self.loader_generator.manual_seed(self.config.seed)
         means, stds = clip_statistics(self.train_clips)
         labels = self.train_clips.labels.numpy() if self.config.mode == "supervised" else None
@@ -127,13 +133,15 @@ class Trainer:
                                    method=self.config.unsupervised_init, clip_stds=stds)
         if clusters is not None and self.config.held_stages:
             self.held_labels = torch.from_numpy(clusters)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
-        with open(self.out / "metrics.csv", "w", newline="") as handle:
-            csv.writer(handle).writerow(METRIC_COLUMNS)
+        self._enter_stage(0)
+        if self.config.raw_stage_steps == 0:  # the data initialisation is the raw stage
+            save_checkpoint(self.payload(), self.out / "stages" / f"{self.stages[0]}.pt")
+            self._enter_stage(1)
 
-    def _resume(self, payload: dict) -> None:
-        changed = check_resume(self.out, payload, self.config, self.data, self.overrides)
+    def read(self, path: Path) -> dict:
+        return load_checkpoint(path, self.device)[1]
+
+    def load(self, payload: dict, changed: list[str]) -> None:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])  # restores the saved lr too
         if "lr" in changed:  # an overridden lr: scale every group's, keeping stage factors
@@ -146,11 +154,8 @@ class Trainer:
                 raise RunMismatch(f"{self.out}: this run was started without held_stages; "
                                   "resume it without them or start a new run elsewhere")
             self.held_labels = payload["held_labels"]
-        restore_rng(payload["rng"], self.loader_generator, self.device)
-        truncate_metrics(self.out / "metrics.csv", self.state.epoch)
-        (self.out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
-    def _payload(self) -> dict:
+    def payload(self) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": asdict(self.config),
@@ -304,59 +309,43 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def fit(self, callback: Callable[[int], None] | None = None) -> dict:
-        c = self.config
-        last = self.out / "last.pt"
-        if last.is_file():
-            _, payload = load_checkpoint(last, self.device)
-            self._resume(payload)
-            if self.state.done and self._budget_left():
-                self.state.done, self.state.stop_reason = False, ""  # a larger budget: go on
-            if self.state.done:
-                return self._summary()
+        """Run or resume the curriculum; ``callback(step)`` runs after every optimiser
+        step."""
+        self._callback = callback
+        return super().fit()
+
+    def train_epoch(self) -> None:
+        c, state = self.config, self.state
+        self._loss, counts = self._epoch(self._callback)
+        state.epoch += 1
+        state.stage_epoch += 1
+        free = c.mode == "unsupervised" and not self._held()
+        self._reassigned = self._reassign(counts) if free else []
+        self._stage_ends = self._stage_over()
+        self._validated = self._stage_ends or state.epoch % c.val_every == 0 or state.epoch == 1
+        self._val = self._validate() if self._validated else {}
+        if self._loss < state.best_loss * (1 - 1e-4):
+            state.best_loss, state.stale_epochs = self._loss, 0
         else:
-            self._fresh_start()
-            self._enter_stage(0)
-            if c.raw_stage_steps == 0:  # the data initialisation is the raw stage
-                save_checkpoint(self._payload(), self.out / "stages" / f"{self.stages[0]}.pt")
-                self._enter_stage(1)
-        started = time.perf_counter() - self.state.elapsed_seconds
-        bar = tqdm(total=c.epochs, initial=self.state.epoch, unit="epoch",
-                   desc=f"{c.dataset} {c.mode}", disable=not self.progress)
-        while not self.state.done:
-            epoch_start = time.perf_counter()
-            loss, counts = self._epoch(callback)
-            state = self.state
-            state.epoch += 1
-            state.stage_epoch += 1
-            free = c.mode == "unsupervised" and not self._held()
-            reassigned = self._reassign(counts) if free else []
-            stage_ends = self._stage_over()
-            validate = stage_ends or state.epoch % c.val_every == 0 or state.epoch == 1
-            val = self._validate() if validate else {}
-            if loss < state.best_loss * (1 - 1e-4):
-                state.best_loss, state.stale_epochs = loss, 0
+            state.stale_epochs += 1
+
+    def postfix(self) -> dict:
+        return {"stage": self.stages[self.state.stage], "loss": f"{self._loss:.4f}",
+                "val_OA": f"{self._val.get('OA', float('nan')):.1f}"}
+
+    def after_epoch(self) -> None:
+        c, state = self.config, self.state
+        if self._stage_ends or (not c.stage_epochs and not c.stage_steps
+                                and state.stale_epochs >= c.patience):
+            save_checkpoint(self.payload(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
+            if state.stage + 1 < len(self.stages):
+                self._enter_stage(state.stage + 1)
             else:
-                state.stale_epochs += 1
-            state.elapsed_seconds = time.perf_counter() - started
-            self._log(loss, val, reassigned, time.perf_counter() - epoch_start)
-            bar.update(1)
-            bar.set_postfix(stage=self.stages[state.stage], loss=f"{loss:.4f}",
-                            val_OA=f"{val.get('OA', float('nan')):.1f}")
-            if stage_ends or (not c.stage_epochs and not c.stage_steps
-                              and state.stale_epochs >= c.patience):
-                save_checkpoint(self._payload(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
-                if state.stage + 1 < len(self.stages):
-                    self._enter_stage(state.stage + 1)
-                else:
-                    state.done, state.stop_reason = True, "curriculum complete"
-            spent = "" if state.done else c.budget_spent(state.epoch, state.elapsed_seconds)
-            if spent:
-                state.done, state.stop_reason = True, spent
-            if state.done and not validate:
-                self._recalibrate_norms()  # the saved model is evaluated as it is
-            save_checkpoint(self._payload(), last)
-        bar.close()
-        return self._summary()
+                state.done, state.stop_reason = True, "curriculum complete"
+
+    def before_save(self) -> None:
+        if self.state.done and not self._validated:
+            self._recalibrate_norms()  # the saved model is evaluated as it is
 
     def _held(self) -> bool:
         """Whether this stage keeps the clips in their initial clusters (``held_stages``,
@@ -380,13 +369,6 @@ class Trainer:
             return state.step - state.stage_start_step >= limit
         return False
 
-    def _budget_left(self) -> bool:
-        """Whether a run stopped by its epoch or time budget may go on under this config."""
-        state = self.state
-        if state.stop_reason == "curriculum complete":
-            return False
-        return not self.config.budget_spent(state.epoch, state.elapsed_seconds)
-
     def _recalibrate_norms(self) -> None:
         """With ``recalibrate_norms``, batch-norm statistics from the training clips."""
         c = self.config
@@ -407,20 +389,16 @@ class Trainer:
         return evaluate(errors.numpy(), self.val_set.labels.numpy(), mapping,
                         self.val_set.num_classes)
 
-    def _log(self, loss: float, val: dict, reassigned: list[int], seconds: float) -> None:
-        state = self.state
-        row = [state.epoch, self.stages[state.stage], f"{loss:.6f}",
-               *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
-               f"{self.optimizer.param_groups[0]['lr']:.3g}", " ".join(sorted(self.model.active)),
-               len(reassigned), f"{float(self.model.beta.detach()):.4g}", f"{seconds:.2f}",
-               f"{state.elapsed_seconds:.1f}"]
-        with open(self.out / "metrics.csv", "a", newline="") as handle:
-            csv.writer(handle).writerow(row)
+    def metrics_row(self, epoch_seconds: float) -> list:
+        state, loss, val = self.state, self._loss, self._val
+        return [state.epoch, self.stages[state.stage], f"{loss:.6f}",
+                *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
+                f"{self.optimizer.param_groups[0]['lr']:.3g}", " ".join(sorted(self.model.active)),
+                len(self._reassigned), f"{float(self.model.beta.detach()):.4g}",
+                f"{epoch_seconds:.2f}", f"{state.elapsed_seconds:.1f}"]
 
-    def _summary(self) -> dict:
-        return {"out": str(self.out), "epochs": self.state.epoch,
-                "stage": self.stages[self.state.stage], "stop_reason": self.state.stop_reason,
-                "minutes": round(self.state.elapsed_seconds / 60, 2)}
+    def summary(self) -> dict:
+        return {**super().summary(), "stage": self.stages[self.state.stage]}
 
 
 class Relabelled(torch.utils.data.Dataset):
@@ -438,8 +416,6 @@ class Relabelled(torch.utils.data.Dataset):
         return self.dataset[i][0], int(self.labels[i])
 
 
-METRIC_COLUMNS = ["epoch", "stage", "train_loss", "val_OA", "val_AA", "val_L_rec", "lr",
-                  "active", "reassigned", "beta", "epoch_seconds", "elapsed_seconds"]
 
 
 def train(config: TrainConfig, progress: bool = True,

@@ -1,0 +1,132 @@
+"""The loop every training run shares, ours and the baselines': a run folder, a fresh start or
+an exact and strict resume, epochs until the run's own rule or its budget stops it.
+
+A run folder holds ``config.json`` (the effective settings), ``metrics.csv`` (one row per
+epoch) and ``last.pt`` (the latest state, every random state included), from which a killed
+run resumes exactly. A subclass says what an epoch is and when the run is over; the loop
+owns the folder, the budgets, the metrics file, the checkpoint and the progress bar.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from hearproto.data import PreparedDataset
+from hearproto.files import atomic_path
+from hearproto.training.checkpoints import (check_resume, restore_rng, save_checkpoint,
+                                            truncate_metrics)
+from hearproto.training.config import RunConfig
+
+__all__ = ["RunLoop"]
+
+
+class RunLoop:
+    """Subclasses set :attr:`columns` and :attr:`final_reasons`, hold ``self.state`` (a
+    dataclass with at least ``epoch``, ``elapsed_seconds``, ``done`` and ``stop_reason``) and
+    ``self.loader_generator``, and implement the hooks below."""
+
+    #: metrics.csv's header.
+    columns: tuple[str, ...] = ()
+    #: Stop reasons after which a larger budget does not make a finished run go on.
+    final_reasons: tuple[str, ...] = ()
+
+    def __init__(self, config: RunConfig, data: PreparedDataset, device: torch.device,
+                 progress: bool, overrides: Iterable[str], description: str) -> None:
+        self.config, self.data, self.device, self.progress = config, data, device, progress
+        self.out = Path(config.out)
+        self.overrides = tuple(overrides)
+        self.description = description
+        self.loader_generator = torch.Generator()
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def read(self, path: Path) -> dict:
+        """The checkpoint dictionary in ``path``."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Initialise a fresh run (the folder exists)."""
+        raise NotImplementedError
+
+    def load(self, payload: dict, changed: list[str]) -> None:
+        """Take the model, optimiser and state from ``payload``; ``changed`` are the settings
+        that differ from the saved run's by an override."""
+        raise NotImplementedError
+
+    def payload(self) -> dict:
+        """Everything a checkpoint holds (the random states included)."""
+        raise NotImplementedError
+
+    def train_epoch(self) -> None:
+        """One epoch: train, count it in ``state.epoch``, validate when due."""
+        raise NotImplementedError
+
+    def metrics_row(self, epoch_seconds: float) -> list:
+        """The epoch's row of metrics.csv (``state.elapsed_seconds`` is up to date)."""
+        raise NotImplementedError
+
+    def postfix(self) -> dict:
+        """What the progress bar shows after the epoch."""
+        return {}
+
+    def after_epoch(self) -> None:
+        """The run's own rules after the epoch is logged: may set ``state.done``."""
+
+    def before_save(self) -> None:
+        """Last changes before ``last.pt`` is written (the budget has been checked)."""
+
+    def summary(self) -> dict:
+        state = self.state
+        return {"out": str(self.out), "epochs": state.epoch, "stop_reason": state.stop_reason,
+                "minutes": round(state.elapsed_seconds / 60, 2)}
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        """Run, or resume from ``out/last.pt``, until done; returns :meth:`summary`."""
+        config, last = self.config, self.out / "last.pt"
+        if last.is_file():
+            payload = self.read(last)
+            changed = check_resume(self.out, payload, config, self.data, self.overrides)
+            self.load(payload, changed)
+            restore_rng(payload["rng"], self.loader_generator, self.device)
+            truncate_metrics(self.out / "metrics.csv", self.state.epoch)
+            state = self.state
+            if (state.done and state.stop_reason not in self.final_reasons
+                    and not config.budget_spent(state.epoch, state.elapsed_seconds)):
+                state.done, state.stop_reason = False, ""  # a larger budget: go on
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.csv", "w", newline="") as handle:
+                csv.writer(handle).writerow(self.columns)
+            self.start()
+        with atomic_path(self.out / "config.json") as tmp:
+            tmp.write_text(json.dumps(asdict(config), indent=1))
+        state = self.state
+        started = time.perf_counter() - state.elapsed_seconds
+        bar = tqdm(total=config.epochs, initial=state.epoch, unit="epoch",
+                   desc=self.description, disable=not self.progress or state.done)
+        while not state.done:
+            epoch_start = time.perf_counter()
+            self.train_epoch()
+            state.elapsed_seconds = time.perf_counter() - started
+            with open(self.out / "metrics.csv", "a", newline="") as handle:
+                csv.writer(handle).writerow(self.metrics_row(time.perf_counter() - epoch_start))
+            bar.update(1)
+            bar.set_postfix(**self.postfix())
+            self.after_epoch()
+            spent = "" if state.done else config.budget_spent(state.epoch, state.elapsed_seconds)
+            if spent:
+                state.done, state.stop_reason = True, spent
+            self.before_save()
+            save_checkpoint(self.payload(), last)
+        bar.close()
+        return self.summary()
