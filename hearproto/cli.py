@@ -439,11 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hearproto.errors import DatasetError, RunMismatch
+    from hearproto.errors import DatasetError, RunMismatch, SettingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except SettingError as err:
+        print(f"hearproto: error: {err} (--{err.setting.replace('_', '-')})", file=sys.stderr)
+        return 2
     except RunMismatch as err:
         print(f"hearproto: error: {err} (another folder: --out DIR; a change: --override "
               "SETTING)", file=sys.stderr)

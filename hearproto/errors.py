@@ -3,7 +3,8 @@ adds its flags (:mod:`hearproto.cli`)."""
 
 from __future__ import annotations
 
-__all__ = ["AudioError", "DatasetError", "RunMismatch"]
+__all__ = ["AudioError", "DatasetError", "SettingError", "RunMismatch", "RunLocked",
+           "TrainingDiverged"]
 
 
 class AudioError(ValueError):
@@ -16,3 +17,20 @@ class DatasetError(ValueError):
 
 class RunMismatch(ValueError):
     """A run folder that holds another run: other settings or other data than asked."""
+
+
+class RunLocked(RuntimeError):
+    """A run folder another process is training into."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A training loss that stopped being finite."""
+
+
+class SettingError(ValueError):
+    """A setting outside its valid range; ``setting`` names it (the command line adds its
+    flag)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting

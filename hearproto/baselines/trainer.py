@@ -37,7 +37,8 @@ from hearproto.frontend import FrontEnd
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
 from hearproto.training import checkpoint_dataset, evaluation_split, read_checkpoint, resolve_device
-from hearproto.training.checkpoints import data_provenance, rng_snapshot, save_checkpoint
+from hearproto.training.checkpoints import (data_provenance, require_finite_weights,
+                                            rng_snapshot, save_checkpoint)
 from hearproto.training.config import BASELINES, BaselineConfig
 from hearproto.training.runloop import RunLoop
 
@@ -279,6 +280,7 @@ def load_baseline(path: str | os.PathLike, device: str | torch.device = "cpu"
                   ) -> tuple[nn.Module, dict]:
     """A baseline network and its checkpoint dictionary (``weights_only=True``)."""
     payload = _load(path, device)
+    require_finite_weights(path, payload["model"])
     config = BaselineConfig.from_dict(payload["config"])
     model = build_baseline(payload["baseline"], payload["n_classes"],
                            FrontEnd(**payload["frontend"]).n_mels, payload["frames"],

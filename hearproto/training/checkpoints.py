@@ -20,7 +20,7 @@ from hearproto.training.config import RunConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUMABLE", "save_checkpoint", "read_checkpoint",
            "load_checkpoint", "rng_snapshot", "restore_rng", "check_resume", "data_provenance",
-           "checkpoint_dataset", "truncate_metrics"]
+           "checkpoint_dataset", "truncate_metrics", "require_finite_weights"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -107,11 +107,23 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                          "hearproto.baselines.trainer.load_baseline")
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+    require_finite_weights(path, payload["model"])
     parametrisation = payload["config"].get("beta_parametrisation", "softplus")
     model = PrototypeModel(payload["num_prototypes"], FrontEnd(**payload["frontend"]),
                            beta_parametrisation=parametrisation)
     model.load_state_dict(payload["model"])
     return model.to(device), payload
+
+
+def require_finite_weights(path: str | os.PathLike, weights: dict) -> None:
+    """Refuse a model whose weights are not all finite (a diverged run's): its errors, and so
+    its choices of prototype, would mean nothing."""
+    bad = [name for name, value in weights.items()
+           if torch.is_floating_point(value) and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ValueError(f"{path}: weights that are not finite ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): the run diverged; retrain it with "
+                         "a smaller learning rate")
 
 
 def checkpoint_dataset(path: str | os.PathLike, payload: dict, config: RunConfig,

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, fields
 
 import torch
 
+from hearproto.errors import SettingError
 from hearproto.model import BETA_PARAMETRISATIONS, UNSUPERVISED_INITS
 from hearproto.training.curriculum import stages_for
 
@@ -39,9 +42,22 @@ class RunConfig:
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "patience", "batch_size"):
+        for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingError(name, f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes)
+                                                 and self.max_minutes > 0):
+            raise SettingError("max_minutes", "max_minutes must be a positive, finite number of "
+                               f"minutes (or None: no time budget), got {self.max_minutes}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SettingError("lr", f"lr must be a positive, finite learning rate, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise SettingError("weight_decay", "weight_decay must be finite and at least 0, got "
+                               f"{self.weight_decay}")
+        if self.threads is not None and self.threads < 1:
+            raise SettingError("threads", f"threads must be at least 1 (or None: torch's "
+                               f"default), got {self.threads}")
+        check_device_name(self.device)
 
     def budget_spent(self, epochs_done: int, elapsed_seconds: float) -> str:
         """Why the epoch or time budget stops a run at this point, or "" while it lasts."""
@@ -161,6 +177,9 @@ class TrainConfig(RunConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or None), got {value}")
+        if self.prototypes is not None and self.prototypes < 2:
+            raise SettingError("prototypes", "prototypes must be at least 2 (or None: one per "
+                               f"class), got {self.prototypes}")
         if self.k_chunk < 1:
             raise ValueError(f"k_chunk must be at least 1, got {self.k_chunk}")
         if self.unsupervised_init not in UNSUPERVISED_INITS:
@@ -209,7 +228,14 @@ class BaselineConfig(RunConfig):
             self.grad_clip = 0.5
 
 
+def check_device_name(name: str) -> None:
+    """Refuse a device other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
+        raise SettingError("device", f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -10,22 +10,52 @@ owns the folder, the budgets, the metrics file, the checkpoint and the progress 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from hearproto.data import PreparedDataset
+from hearproto.errors import DatasetError, RunLocked, TrainingDiverged
 from hearproto.files import atomic_path
 from hearproto.training.checkpoints import (check_resume, restore_rng, save_checkpoint,
                                             truncate_metrics)
 from hearproto.training.config import RunConfig
 
-__all__ = ["RunLoop"]
+__all__ = ["RunLoop", "exclusive"]
+
+
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock (``folder/.lock``, an fcntl lock holding the owner's pid) while
+    the block runs; raise :class:`~hearproto.errors.RunLocked`, naming the holder, if another
+    process holds it. The lock goes with its process, so a crashed run leaves none behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunLocked(f"{folder} is in use by another run (pid {holder}); wait for it to "
+                        "finish, or train into another folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 class RunLoop:
@@ -45,6 +75,10 @@ class RunLoop:
         self.overrides = tuple(overrides)
         self.description = description
         self.loader_generator = torch.Generator()
+        if len(data.classes) < 2:
+            raise DatasetError(f"{config.dataset} ({data.root}) has one class "
+                               f"({', '.join(map(str, data.classes))}): identification needs "
+                               "two or more")
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -73,6 +107,10 @@ class RunLoop:
         """The epoch's row of metrics.csv (``state.elapsed_seconds`` is up to date)."""
         raise NotImplementedError
 
+    def epoch_loss(self) -> float:
+        """The epoch's mean training loss (a run stops when it is not finite)."""
+        return float(self._loss)
+
     def postfix(self) -> dict:
         """What the progress bar shows after the epoch."""
         return {}
@@ -91,7 +129,12 @@ class RunLoop:
     # -- the loop -------------------------------------------------------------------------------
 
     def fit(self) -> dict:
-        """Run, or resume from ``out/last.pt``, until done; returns :meth:`summary`."""
+        """Run, or resume from ``out/last.pt``, until done; returns :meth:`summary`. The run
+        folder is locked meanwhile (:func:`exclusive`)."""
+        with exclusive(self.out):
+            return self._fit()
+
+    def _fit(self) -> dict:
         config, last = self.config, self.out / "last.pt"
         if last.is_file():
             payload = self.read(last)
@@ -117,6 +160,13 @@ class RunLoop:
         while not state.done:
             epoch_start = time.perf_counter()
             self.train_epoch()
+            if not math.isfinite(self.epoch_loss()):
+                bar.close()
+                kept = (f"last.pt keeps epoch {state.epoch - 1}, the last finite one"
+                        if last.is_file() else "nothing was saved")
+                raise TrainingDiverged(
+                    f"{self.out}: the training loss became {self.epoch_loss()} in epoch "
+                    f"{state.epoch}; {kept}. Try a smaller learning rate (lr={config.lr:g})")
             state.elapsed_seconds = time.perf_counter() - started
             with open(self.out / "metrics.csv", "a", newline="") as handle:
                 csv.writer(handle).writerow(self.metrics_row(time.perf_counter() - epoch_start))
