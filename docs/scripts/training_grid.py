@@ -74,7 +74,7 @@ def use_exported(directory: Path) -> None:
         sys.modules.setdefault(module, types.ModuleType(module))
     import hearproto.baselines.trainer
     import hearproto.training.checkpoints
-    import hearproto.training.loop
+    import hearproto.training.runloop
     from hearproto.frontend import FrontEnd
     from hearproto.data.cache import FeatureStore
     from hearproto.data.registry import PreparedDataset
@@ -95,9 +95,8 @@ def use_exported(directory: Path) -> None:
                                             store, directory / f"{label}.csv", meta["crop_frames"])
         return loaded[label]
 
-    hearproto.training.loop.prepare_dataset = prepare
+    hearproto.training.runloop.prepare_dataset = prepare
     hearproto.training.checkpoints.prepare_dataset = prepare
-    hearproto.baselines.trainer.prepare_dataset = prepare
 
 
 def run_one(name: str, directory: Path, out_dir: Path, minutes: float, device: str) -> None:

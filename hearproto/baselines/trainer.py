@@ -30,9 +30,7 @@ from hearproto.baselines.apnet import APNet
 from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
 from hearproto.baselines.probe import kmeans_scores
-from hearproto.data import prepare_dataset
 from hearproto.data.dataset import ClipDataset, tile_frames, whole_clip_batches
-from hearproto.errors import DatasetError
 from hearproto.frontend import FrontEnd
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
@@ -155,19 +153,8 @@ class BaselineRun(RunLoop):
 
     def __init__(self, config: BaselineConfig, progress: bool = True,
                  overrides: Iterable[str] = ()) -> None:
-        device = resolve_device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
-        data = prepare_dataset(config.dataset, root=config.root,
-                               limit_per_class=config.limit_per_class,
-                               n_speakers=config.n_speakers, frontend=config.preset,
-                               progress=progress)
-        super().__init__(config, data, device, progress, overrides,
-                         f"{config.dataset} {config.model}")
-        self.train_set, self.val_set = data.split("train"), data.split("val")
-        if len(self.train_set) == 0:
-            raise DatasetError(f"{config.dataset}: the training split is empty")
+        super().__init__(config, progress, overrides, f"{config.dataset} {config.model}")
+        data, device = self.data, self.device
         self.frames = data.crop_frames
         self.meta = {"n_classes": self.train_set.num_classes, "frames": self.frames,
                      "frontend": data.frontend.to_dict(), "classes": list(data.classes),

@@ -63,9 +63,11 @@ def check_resume(out: str | os.PathLike, payload: dict, config: RunConfig,
     saved = type(config).from_dict(payload["config"])
     changed = [f.name for f in fields(config) if f.name not in RESUMABLE | {"root"}
                and getattr(saved, f.name) != getattr(config, f.name)]
-    refused = [name for name in changed if name not in set(overrides)]
+    allowed = set(overrides)
+    refused = [name for name in changed if name not in allowed]
     same_data = (payload.get("classes") == list(data.classes)
-                 and (payload.get("data") or {}).get("split_hash") == data.info()["split_hash"])
+                 and (payload.get("data") or {}).get("split_hash")
+                 == data_provenance(data)["split_hash"])
     if refused or not same_data:
         reasons = [f"{name}={getattr(saved, name)!r} (now {getattr(config, name)!r})"
                    for name in refused]
@@ -75,7 +77,7 @@ def check_resume(out: str | os.PathLike, payload: dict, config: RunConfig,
         raise RunMismatch(f"{out} holds a run with {'; '.join(reasons)}. Resume it with the "
                           "same settings, name a setting that may change in overrides, or "
                           "start a new run in another folder")
-    return [name for name in changed if name in set(overrides)]
+    return [name for name in changed if name in allowed]
 
 
 def data_provenance(data: PreparedDataset) -> dict:

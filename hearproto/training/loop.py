@@ -26,15 +26,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from hearproto.data import PreparedDataset, prepare_dataset
 from hearproto.data.dataset import clip_statistics
-from hearproto.errors import DatasetError, RunMismatch
+from hearproto.errors import RunMismatch
 from hearproto.metrics import evaluate
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
 from hearproto.provenance import describe_device
 from hearproto.training.checkpoints import (CHECKPOINT_FORMAT, data_provenance, load_checkpoint,
                                             rng_snapshot, save_checkpoint)
-from hearproto.training.config import TrainConfig, resolve_device
+from hearproto.training.config import TrainConfig
 from hearproto.training.curriculum import stages_for
 from hearproto.training.evaluation import clip_errors, mapping_for, middle_crops
 from hearproto.training.runloop import RunLoop
@@ -77,22 +76,9 @@ class Trainer(RunLoop):
                  overrides: Iterable[str] = ()) -> None:
         """``overrides``: settings that may differ from those of the run already in
         ``config.out`` when it resumes (:func:`~hearproto.training.checkpoints.check_resume`)."""
-        device = resolve_device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)  # the networks' initial weights
-        data = prepare_dataset(
-            config.dataset, root=config.root, limit_per_class=config.limit_per_class,
-            n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
-        super().__init__(config, data, device, progress, overrides,
-                         f"{config.dataset} {config.mode}")
-        self.data: PreparedDataset = data
-        self.train_set = self.data.split("train")
+        super().__init__(config, progress, overrides, f"{config.dataset} {config.mode}")
         self.train_clips = self.data.split("train", crop_frames=None)
-        self.val_set = self.data.split("val")
         self.provenance = data_provenance(self.data)
-        if len(self.train_set) == 0:
-            raise DatasetError(f"{config.dataset}: the training split is empty")
         k = config.prototypes or self.train_set.num_classes
         if config.mode == "supervised" and k != self.train_set.num_classes:
             raise ValueError(f"supervised training needs one prototype per class "

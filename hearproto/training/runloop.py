@@ -23,12 +23,12 @@ from typing import Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from hearproto.data import PreparedDataset
+from hearproto.data import prepare_dataset
 from hearproto.errors import DatasetError, RunLocked, TrainingDiverged
 from hearproto.files import atomic_path
 from hearproto.training.checkpoints import (check_resume, restore_rng, save_checkpoint,
                                             truncate_metrics)
-from hearproto.training.config import RunConfig
+from hearproto.training.config import RunConfig, resolve_device
 
 __all__ = ["RunLoop", "exclusive"]
 
@@ -68,17 +68,29 @@ class RunLoop:
     #: Stop reasons after which a larger budget does not make a finished run go on.
     final_reasons: tuple[str, ...] = ()
 
-    def __init__(self, config: RunConfig, data: PreparedDataset, device: torch.device,
-                 progress: bool, overrides: Iterable[str], description: str) -> None:
-        self.config, self.data, self.device, self.progress = config, data, device, progress
-        self.out = Path(config.out)
-        self.overrides = tuple(overrides)
-        self.description = description
-        self.loader_generator = torch.Generator()
+    def __init__(self, config: RunConfig, progress: bool, overrides: Iterable[str],
+                 description: str) -> None:
+        """The device, threads and seed of ``config``, and its data: ``self.data``,
+        ``self.train_set`` and ``self.val_set`` (training crops)."""
+        self.config, self.progress = config, progress
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)  # the networks' initial weights
+        self.data = data = prepare_dataset(
+            config.dataset, root=config.root, limit_per_class=config.limit_per_class,
+            n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
         if len(data.classes) < 2:
             raise DatasetError(f"{config.dataset} ({data.root}) has one class "
                                f"({', '.join(map(str, data.classes))}): identification needs "
                                "two or more")
+        self.train_set, self.val_set = data.split("train"), data.split("val")
+        if len(self.train_set) == 0:
+            raise DatasetError(f"{config.dataset}: the training split is empty")
+        self.out = Path(config.out)
+        self.overrides = tuple(overrides)
+        self.description = description
+        self.loader_generator = torch.Generator()
 
     # -- hooks ----------------------------------------------------------------------------------
 
