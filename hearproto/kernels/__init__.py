@@ -113,7 +113,7 @@ def reconstruction_error(
 
 def fused_error(x: Tensor, prototypes: Tensor, pitch: Tensor | None, gain: Tensor | None,
                 filters: Tensor | None, constants) -> Tensor | None:
-    """:func:`~hearproto.transforms.reconstruction_error` by a fused kernel, ``(B, K)``, or
+    """:func:`reconstruction_error` by a fused kernel, ``(B, K)``, or
     None where the torch path must run (see the module's docstring)."""
     choice = backend()
     if choice == "torch":
