@@ -21,6 +21,7 @@ from hearproto.frontend import FrontEnd, inverse_log_scale, resolve_frontend
 __all__ = [
     "AUDIO_EXTENSIONS",
     "load_audio",
+    "quantisation_step",
     "save_audio",
     "mel_to_linear_power",
     "logmel_to_magnitude",
@@ -45,6 +46,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     or non-finite.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise AudioError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
     if sample_rate <= 0:
@@ -52,10 +55,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     try:
         samples, file_rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises several types for non-audio input
-        raise AudioError(
-            f"{path}: cannot be read as audio ({err}). "
-            f"Expected one of {', '.join(AUDIO_EXTENSIONS)}."
-        ) from None
+        reason = _libsndfile_reason(err) or f"expected {', '.join(AUDIO_EXTENSIONS)}"
+        raise AudioError(f"{path}: not a readable audio file ({reason})") from None
     if samples.size == 0:
         raise AudioError(f"{path}: the file contains no samples")
     mono = samples.mean(axis=1)
@@ -64,6 +65,29 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     if file_rate != sample_rate:
         mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _libsndfile_reason(err: Exception) -> str:
+    """libsndfile's reason, when it says something about the file (for bytes it does not
+    recognise it says "does not exist or is not a regular file", which misleads)."""
+    text = str(err).split(": ", 1)[-1].strip().rstrip(".")
+    if not text or "not a regular file" in text or "does not exist" in text:
+        return ""
+    return text
+
+
+#: libsndfile's integer PCM subtypes and their bits per sample.
+_PCM_BITS = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
+
+
+def quantisation_step(path: str | os.PathLike) -> float | None:
+    """The amplitude of one least significant bit of an integer PCM file (2**-15 for 16-bit
+    audio), or None for float and compressed formats."""
+    try:
+        bits = _PCM_BITS.get(sf.info(str(path)).subtype)
+    except Exception:
+        return None
+    return None if bits is None else 2.0 ** (1 - bits)
 
 
 def save_audio(
@@ -219,6 +243,8 @@ def prototype_to_audio(
     frame = np.asarray(frame)
     if frame.ndim != 1:
         raise AudioError(f"a prototype frame must have shape (F,), got {tuple(frame.shape)}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise AudioError(f"seconds must be a positive number, got {seconds}")
     magnitude = logmel_to_magnitude(frame[None, :], frontend)  # (1, n_freqs)
     hop = max(1, frontend.n_fft // overlap)
     num_samples = int(round(seconds * frontend.sample_rate))

@@ -16,6 +16,7 @@ def _roundtrip(args: argparse.Namespace) -> int:
     from hearproto.frontend import LogMel, PRESETS
 
     output = Path(args.output)
+    _check_output_folder(args.output, "OUTPUT")
     if output.exists() and not args.force:
         raise FileExistsError(f"{output} exists; add --force to replace it")
     frontend = PRESETS[args.preset]
@@ -70,6 +71,12 @@ def _prepare(args: argparse.Namespace):
     )
 
 
+def _skipped(info: dict) -> str:
+    """"3 file(s) skipped (1 too short, 2 unreadable)"."""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(info["skipped_by_kind"].items()))
+    return f"{info['skipped']} file(s) skipped" + (f" ({kinds})" if kinds else "")
+
+
 def _data_prepare(args: argparse.Namespace) -> int:
     import time
 
@@ -77,8 +84,7 @@ def _data_prepare(args: argparse.Namespace) -> int:
     info = _prepare(args).info()
     splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
     print(f"{info['name']}: {info['classes']} classes, {info['clips']} clips ({splits}) at "
-          f"{info['sample_rate']} Hz, {info['skipped']} file(s) skipped, "
-          f"ready in {time.perf_counter() - start:.1f} s")
+          f"{info['sample_rate']} Hz, {_skipped(info)}, ready in {time.perf_counter() - start:.1f} s")
     print(f"  data:     {info['root']}\n  split:    {info['split_csv']}\n"
           f"  features: {info['feature_cache']}")
     return 0
@@ -91,8 +97,9 @@ def _data_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"{info['name']}: {info['classes']} classes, {info['clips']} clips, "
-          f"{info['sample_rate']} Hz; splits {info['splits']}")
+    splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
+    print(f"{info['name']}: {info['classes']} classes, {info['clips']} clips ({splits}) at "
+          f"{info['sample_rate']} Hz; {_skipped(info)}")
     print("classes: " + ", ".join(info["class_names"]))
     return 0
 
@@ -162,15 +169,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hearproto.baselines.trainer import evaluate_baseline, is_baseline_checkpoint
     from hearproto.training import evaluate_checkpoint
 
+    if args.results:
+        _check_output_folder(args.results, "--results")
     if is_baseline_checkpoint(args.checkpoint):
         scores = evaluate_baseline(args.checkpoint, split=args.split, device=args.device,
-                                   root=args.root, clustering=args.kmeans)
+                                   root=args.root, clustering=args.kmeans, resplit=args.resplit)
     elif args.kmeans:
         raise ValueError("--kmeans applies to the baselines (apnet); our model clusters itself "
                          "(train it with --mode unsupervised)")
     else:
         scores = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
-                                     root=args.root)
+                                     root=args.root, resplit=args.resplit)
     if args.results:
         from hearproto.provenance import describe_device
         from hearproto.runner.results import append_rows, result_row
@@ -181,14 +190,59 @@ def _evaluate(args: argparse.Namespace) -> int:
         table = append_rows(args.results, [row])
         print(f"{args.results}: row {len(table)} appended", file=sys.stderr)
     if args.json:
-        print(json.dumps(scores, indent=1))
+        print(json.dumps(_json_safe(scores), indent=1, allow_nan=False))
     else:
         l_rec = "—" if scores["L_rec"] is None else f"{scores['L_rec']:.2f}"
         name = scores.get("model", "ours")
+        seen = scores.get("seen_in_training", 0)
         print(f"{scores['dataset']} {name} {scores['mode']} ({scores['stage']}), "
               f"{scores['split']}: OA {scores['OA']:.1f} %, AA {scores['AA']:.1f} %, "
-              f"L_rec {l_rec}")
+              f"L_rec {l_rec}" + ("" if not seen else f" ({seen} of the {scores['clips']} clips "
+                                  "were training clips)") + (
+                  " (an unknown number of the clips were training clips)" if seen is None
+                  else ""))
     return 0
+
+
+def _json_safe(scores: dict) -> dict:
+    """``scores`` with every value that is not finite replaced by null, and ``null_reasons``
+    saying why (JSON has no NaN)."""
+    import math
+
+    safe, reasons = {}, {}
+    for key, value in scores.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            safe[key], reasons[key] = None, f"not finite ({value})"
+        else:
+            safe[key] = value
+    if scores.get("L_rec", 0) is None and "L_rec" not in reasons:
+        reasons["L_rec"] = "this model reconstructs nothing"
+    if "seen_in_training" in scores and scores["seen_in_training"] is None:
+        reasons["seen_in_training"] = "the checkpoint does not record its training clips"
+    return {**safe, **({"null_reasons": reasons} if reasons else {})}
+
+
+def _check_output_folder(path: str, flag: str) -> None:
+    """Refuse an output whose folder does not exist: a typo would otherwise make folders
+    silently."""
+    folder = Path(path).expanduser().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: the folder {folder} does not exist; create "
+                                "it first")
+
+
+def _check_seconds(seconds: float) -> None:
+    import math
+
+    from hearproto.errors import SettingError
+
+    if not (math.isfinite(seconds) and MIN_SECONDS <= seconds <= MAX_SECONDS):
+        raise SettingError("seconds", f"seconds must be between {MIN_SECONDS} and "
+                           f"{MAX_SECONDS:g}, got {seconds}")
+
+
+#: ``play --seconds`` bounds: long enough to hear, short enough to fit in memory.
+MIN_SECONDS, MAX_SECONDS = 0.1, 60.0
 
 
 def _play_apnet(args: argparse.Namespace) -> int:
@@ -196,12 +250,13 @@ def _play_apnet(args: argparse.Namespace) -> int:
     from hearproto.baselines.trainer import apnet_prototype_logmels
     from hearproto.data.dataset import tile_frames
 
-    if not args.prototype.isdigit():
-        raise ValueError("APNet's prototypes have no class: give --prototype an index")
+    if args.class_name is not None or (args.prototype is not None
+                                       and not args.prototype.isdigit()):
+        raise ValueError("APNet's prototypes have no class: choose one with --index K")
     logmels, frontend = apnet_prototype_logmels(args.checkpoint)
-    index = int(args.prototype)
+    index = int(args.index if args.index is not None else args.prototype)
     if not 0 <= index < len(logmels):
-        raise ValueError(f"--prototype {index} is out of range [0, {len(logmels)})")
+        raise ValueError(f"--index {index} is out of range [0, {len(logmels)})")
     frames = max(1, round(args.seconds * frontend.sample_rate / frontend.hop_length))
     logmel = tile_frames(logmels[index:index + 1], frames)[0, :frames]
     save_audio(args.out, mel_to_audio(logmel, frontend), frontend.sample_rate,
@@ -210,27 +265,46 @@ def _play_apnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prototype_index(args: argparse.Namespace, classes: list[str], supervised: bool,
+                     count: int) -> tuple[int, str]:
+    """The prototype ``play`` asks for, and how to name it: ``--class`` (a supervised
+    model's class), ``--index``, or ``--prototype`` (a class name first, else an index)."""
+    named = args.class_name if args.class_name is not None else args.prototype
+    if named is not None and supervised and named in classes:
+        index = classes.index(named)
+        return index, f"prototype {index}, class {named}"
+    if args.class_name is not None:
+        if not supervised:
+            raise ValueError("an unsupervised model's prototypes have no class: choose one "
+                             "with --index K")
+        raise ValueError(f"--class {args.class_name!r} is not a class of this model "
+                         f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
+    if args.index is None and not args.prototype.isdigit():
+        raise ValueError(f"--prototype {args.prototype!r} is neither a class of this model "
+                         f"({', '.join(classes[:5])}, ...) nor an index in [0, {count})")
+    index = args.index if args.index is not None else int(args.prototype)
+    if not 0 <= index < count:
+        raise ValueError(f"--index {index} is out of range [0, {count})")
+    return index, f"prototype {index}" + (f", class {classes[index]}" if supervised else "")
+
+
 def _play(args: argparse.Namespace) -> int:
     from hearproto.audio import prototype_to_audio, save_audio
     from hearproto.baselines.trainer import is_baseline_checkpoint
     from hearproto.training import load_checkpoint
 
+    _check_seconds(args.seconds)
+    _check_output_folder(args.out, "--out")
+    if Path(args.out).exists() and not args.force:
+        raise FileExistsError(f"--out {args.out} exists; add --force to replace it")
     if is_baseline_checkpoint(args.checkpoint):
         return _play_apnet(args)
     model, payload = load_checkpoint(args.checkpoint)
-    classes = payload["classes"]
-    if args.prototype.isdigit():
-        index = int(args.prototype)
-    elif args.prototype in classes and payload["config"]["mode"] == "supervised":
-        index = classes.index(args.prototype)
-    else:
-        raise ValueError(f"--prototype must be an index in [0, {model.num_prototypes}) or, for "
-                         f"a supervised model, a class name ({', '.join(classes[:5])}, ...)")
-    if not 0 <= index < model.num_prototypes:
-        raise ValueError(f"--prototype {index} is out of range [0, {model.num_prototypes})")
+    supervised = payload["config"]["mode"] == "supervised"
+    index, name = _prototype_index(args, payload["classes"], supervised, model.num_prototypes)
     wave = prototype_to_audio(model.prototypes[index], model.frontend, seconds=args.seconds)
     save_audio(args.out, wave, model.frontend.sample_rate, overwrite=args.force)
-    print(f"{args.out}: prototype {index} ({args.seconds:.1f} s)")
+    print(f"{args.out}: {name} ({args.seconds:.1f} s)")
     return 0
 
 
@@ -280,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hearproto", description="Audio identification with playable spectral prototypes."
     )
     parser.add_argument("--version", action="version", version=f"hearproto {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (may come anywhere on the line)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     roundtrip = commands.add_parser(
@@ -362,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--root", help="the dataset's folder, if it moved")
+    evaluate.add_argument("--resplit", action="store_true",
+                          help="score data other than the checkpoint's (other files: a new "
+                          "split), reporting how many clips it was trained on")
     evaluate.add_argument("--kmeans", action="store_true",
                           help="apnet: score K-means on its similarities (APNet + K-means)")
     evaluate.add_argument("--json", action="store_true")
@@ -372,10 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     play = commands.add_parser("play", help="write a prototype (ours or APNet's) as sound")
     play.add_argument("--checkpoint", required=True)
-    play.add_argument("--prototype", required=True,
-                      help="index, or class name (our supervised model)")
-    play.add_argument("--out", required=True, help="FILE.wav")
-    play.add_argument("--seconds", type=float, default=1.0)
+    which = play.add_mutually_exclusive_group(required=True)
+    which.add_argument("--class", dest="class_name", metavar="NAME",
+                       help="the prototype of this class (our supervised model)")
+    which.add_argument("--index", type=int, metavar="K", help="prototype K, from 0")
+    which.add_argument("--prototype", metavar="NAME_OR_K",
+                       help="a class name if the model has that class (class names win: "
+                       "LibriSpeech's are numbers), else an index")
+    play.add_argument("--out", required=True, help="FILE.wav (its folder must exist)")
+    play.add_argument("--seconds", type=float, default=1.0,
+                      help=f"length, {MIN_SECONDS:g} to {MAX_SECONDS:g} s (default: 1)")
     play.add_argument("--force", action="store_true", help="replace --out if it exists")
     play.set_defaults(handler=_play)
 
@@ -438,26 +523,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(message, category, filename, lineno, line=None) -> str:
+    return f"hearproto: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line. A refusal (bad input, settings or files) prints one line on
+    stderr and returns 2; ``--debug`` (anywhere) shows its traceback instead."""
+    import warnings
+
     from hearproto.errors import DatasetError, RunMismatch, SettingError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    formatwarning = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _one_line_warnings
     try:
         return args.handler(args)
-    except SettingError as err:
-        print(f"hearproto: error: {err} (--{err.setting.replace('_', '-')})", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("hearproto: interrupted (a training resumes from its last epoch with the same "
+              "command)", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ConnectionError, ImportError, RuntimeError) as err:
+        if debug:
+            raise
+        if isinstance(err, SettingError):
+            hint = f" (--{err.setting.replace('_', '-')})"
+        elif isinstance(err, RunMismatch):
+            hint = " (another folder: --out DIR; a change: --override SETTING)"
+        elif isinstance(err, DatasetError):
+            hint = " (the data folder: --root DIR)"
+        else:
+            hint = ""
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"hearproto: error: {message}{hint}", file=sys.stderr)
         return 2
-    except RunMismatch as err:
-        print(f"hearproto: error: {err} (another folder: --out DIR; a change: --override "
-              "SETTING)", file=sys.stderr)
-        return 2
-    except DatasetError as err:
-        print(f"hearproto: error: {err} (the data folder: --root DIR)", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, ImportError,
-            RuntimeError) as err:
-        print(f"hearproto: error: {err}", file=sys.stderr)
-        return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -3,12 +3,16 @@ adds its flags (:mod:`hearproto.cli`)."""
 
 from __future__ import annotations
 
-__all__ = ["AudioError", "DatasetError", "SettingError", "RunMismatch", "RunLocked",
-           "TrainingDiverged"]
+__all__ = ["AudioError", "CheckpointError", "DatasetError", "SettingError", "RunMismatch",
+           "RunLocked", "TrainingDiverged"]
 
 
 class AudioError(ValueError):
     """Audio that cannot be used: unreadable, empty, non-finite, or of the wrong shape."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, truncated, foreign, or not finite."""
 
 
 class DatasetError(ValueError):

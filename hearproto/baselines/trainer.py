@@ -34,7 +34,8 @@ from hearproto.data.dataset import ClipDataset, tile_frames, whole_clip_batches
 from hearproto.frontend import FrontEnd
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
-from hearproto.training import checkpoint_dataset, evaluation_split, read_checkpoint, resolve_device
+from hearproto.training import checkpoint_dataset, read_checkpoint, resolve_device
+from hearproto.training.evaluation import scored_split
 from hearproto.training.checkpoints import (data_provenance, require_finite_weights,
                                             rng_snapshot, save_checkpoint)
 from hearproto.training.config import BASELINES, BaselineConfig
@@ -232,7 +233,7 @@ class BaselineRun(RunLoop):
 
     def before_save(self) -> None:
         if self._improved:
-            save_checkpoint(self.payload(), self.out / "best.pt")
+            save_checkpoint(self.checkpoint(), self.out / "best.pt")
 
 
 def train_baseline(config: BaselineConfig, progress: bool = True,
@@ -278,16 +279,17 @@ def load_baseline(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str = "auto",
                       root: str | None = None, clustering: bool = False,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, resplit: bool = False) -> dict:
     """OA, AA (percent) and L_rec (x100, None for Direct Classification) of a baseline
     checkpoint on a split. ``autoencoder`` is always scored by K-means on its features;
-    ``apnet`` by its classifier, or with ``clustering`` by K-means on its similarities."""
+    ``apnet`` by its classifier, or with ``clustering`` by K-means on its similarities. Data
+    other than the checkpoint's are refused unless ``resplit``, as for our model."""
     device = resolve_device(device)
     model, payload = load_baseline(path, device)
     name = payload["baseline"]
     config = BaselineConfig.from_dict(payload["config"])
-    data = checkpoint_dataset(path, payload, config, root, progress)
-    target = evaluation_split(data, split)
+    data = checkpoint_dataset(path, payload, config, root, progress, resplit)
+    target, notes = scored_split(path, payload, data, split, resplit)
     if clustering and name == "direct":
         raise ValueError("Direct Classification has no clustering variant; evaluate it with "
                          "clustering=False")
@@ -312,7 +314,7 @@ def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str 
              "apnet": "APNet + K-means" if clustering else "APNet"}[name]
     return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": l_rec, "stage": "best",
             "dataset": config.dataset, "mode": "unsupervised" if clustering else "supervised",
-            "model": label, "split": split, "clips": len(target)}
+            "model": label, "split": split, "clips": len(target), **notes}
 
 
 @torch.no_grad()

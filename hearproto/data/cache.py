@@ -5,16 +5,14 @@ float32 ``(total_frames, F)``, read through a memory map), ``index.csv`` (path, 
 frame, frame count) and ``meta.json`` (front end, files skipped and why). Entries are keyed by a
 hash of the dataset name, the front-end settings and each file's path, size and modification
 time, so a changed file or setting makes a new entry. Entries are written to a temporary
-folder and renamed into place: an interrupted run leaves no half entry behind.
+folder and renamed into place: an interrupted run leaves no half entry behind, and the next
+run removes the temporary folder it left.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +22,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from hearproto.audio import load_audio
-from hearproto.errors import AudioError
+from hearproto.audio import load_audio, quantisation_step
+from hearproto.errors import AudioError, DatasetError
+from hearproto.files import publish_folder, remove_stale_temporaries, temporary_folder
 from hearproto.frontend import FrontEnd, LogMel
 
-__all__ = ["FeatureStore", "cache_key", "load_or_compute_features", "SILENCE_RMS"]
+__all__ = ["FeatureStore", "cache_key", "load_or_compute_features", "silence_threshold",
+           "SILENCE_RMS", "MIN_FRAMES"]
 
-FEATURE_VERSION = 1
-#: A clip whose RMS is below this (-100 dBFS) is silent and skipped.
+FEATURE_VERSION = 2  # 2: too-short clips and silence at the file's bit depth are skipped
+#: A clip whose RMS is below this (-100 dBFS) is silent and skipped (integer PCM files:
+#: below their quantisation noise, :func:`silence_threshold`).
 SILENCE_RMS = 1e-5
+#: A clip shorter than this many frames is skipped: the encoder halves time four times.
+MIN_FRAMES = 16
 
 
 @dataclass
@@ -42,7 +45,7 @@ class FeatureStore:
     directory: Path
     index: pd.DataFrame  # columns: path, label, start, frames
     features: np.ndarray  # memory map, (total_frames, F)
-    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    skipped: list[dict] = field(default_factory=list)  # {"path", "kind", "reason"}
     computed: bool = False  # True when this call did the feature work
 
     def clip(self, row: int) -> np.ndarray:
@@ -54,7 +57,8 @@ class FeatureStore:
 def cache_key(name: str, root: Path, table: pd.DataFrame, frontend: FrontEnd) -> str:
     files = []
     for path in sorted(table["path"]):
-        stat = (root / path).stat()
+        file = root / path
+        stat = file.stat() if file.exists() else file.lstat()  # a dangling link: skipped later
         files.append((path, stat.st_size, stat.st_mtime_ns))
     payload = json.dumps(
         {"version": FEATURE_VERSION, "name": name, "frontend": frontend.to_dict(),
@@ -71,47 +75,62 @@ def load_or_compute_features(
     """Log-Mels of every file of ``table`` (columns ``path``, ``label``), from the cache when an
     entry with the same key exists, else computed (with a progress bar) and cached.
 
-    Unreadable, empty, non-finite or silent files are skipped; one warning lists them.
+    Unreadable, empty, non-finite, too short (under :data:`MIN_FRAMES` frames) or silent
+    files are skipped; one warning lists them. No usable file at all is a
+    :class:`~hearproto.errors.DatasetError`.
     """
     root, cache_dir = Path(root), Path(cache_dir)
+    remove_stale_temporaries(cache_dir, f"{name}-")  # what a killed computation left
     directory = cache_dir / f"{name}-{cache_key(name, root, table, frontend)}"
     computed = False
     if not (directory / "meta.json").is_file():
         _compute(directory, root, table, frontend, progress)
         computed = True
     meta = json.loads((directory / "meta.json").read_text())
-    index = pd.read_csv(directory / "index.csv", dtype={"path": str, "label": str})
-    features = np.memmap(directory / "features.f32", dtype=np.float32, mode="r",
-                         shape=(meta["total_frames"], meta["n_mels"]))
     skipped = meta["skipped"]
     if skipped:
         listed = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:20])
         more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
         warnings.warn(f"{name}: skipped {len(skipped)} unusable file(s) under {root}: "
                       f"{listed}{more}", stacklevel=2)
+    if meta["clips"] == 0:
+        raise DatasetError(f"no usable audio in {root}: all {len(skipped)} file(s) skipped "
+                           "(see the warning above for why)")
+    index = pd.read_csv(directory / "index.csv", dtype={"path": str, "label": str})
+    features = np.memmap(directory / "features.f32", dtype=np.float32, mode="r",
+                         shape=(meta["total_frames"], meta["n_mels"]))
     return FeatureStore(directory, index, features, skipped, computed)
 
 
 def _compute(directory: Path, root: Path, table: pd.DataFrame, frontend: FrontEnd,
              progress: bool) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-    try:
+    tag = directory.name.rsplit("-", 1)[0]
+    with temporary_folder(directory.parent, f"{tag}-") as tmp:
         logmel = LogMel.from_frontend(frontend)
+        shortest = (MIN_FRAMES - 1) * frontend.hop_length  # samples: num_frames() is MIN_FRAMES
         rows, skipped, start = [], [], 0
         ordered = table.sort_values("path").reset_index(drop=True)
         with open(tmp / "features.f32", "wb") as out, torch.no_grad():
             for path, label in tqdm(zip(ordered["path"], ordered["label"]), total=len(ordered),
-                                    desc=f"log-Mel features ({directory.name.split('-')[0]})",
-                                    unit="clip", disable=not progress):
+                                    desc=f"log-Mel features ({tag})", unit="clip",
+                                    disable=not progress):
                 try:
                     wave = load_audio(root / path, frontend.sample_rate)
+                    floor = silence_threshold(root / path)
                 except (AudioError, OSError) as err:
-                    skipped.append({"path": path, "reason": _short_reason(err)})
+                    skipped.append({"path": path, "kind": "unreadable",
+                                    "reason": _short_reason(err)})
+                    continue
+                if frontend.num_frames(len(wave)) < MIN_FRAMES:
+                    skipped.append({"path": path, "kind": "too short", "reason": (
+                        f"too short ({1000 * len(wave) / frontend.sample_rate:.0f} ms; a clip "
+                        f"needs {MIN_FRAMES} frames, {1000 * shortest / frontend.sample_rate:.0f}"
+                        " ms)")})
                     continue
                 rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
-                if rms < SILENCE_RMS:
-                    skipped.append({"path": path, "reason": f"silent (RMS {rms:.1e})"})
+                if rms < floor:
+                    skipped.append({"path": path, "kind": "silent", "reason": f"silent (RMS {rms:.1e}, below "
+                                    f"{floor:.1e})"})
                     continue
                 frames = logmel(torch.from_numpy(wave)).numpy()
                 out.write(np.ascontiguousarray(frames, dtype=np.float32).tobytes())
@@ -124,15 +143,19 @@ def _compute(directory: Path, root: Path, table: pd.DataFrame, frontend: FrontEn
                 "total_frames": start, "n_mels": frontend.n_mels, "clips": len(rows),
                 "skipped": skipped, "root": str(root)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.chmod(tmp, 0o755)
         try:
-            os.replace(tmp, directory)
+            publish_folder(tmp, directory)
         except OSError:  # a concurrent run finished first: keep its entry
             if not (directory / "meta.json").is_file():
                 raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def silence_threshold(path: Path) -> float:
+    """The RMS below which ``path`` holds no sound: :data:`SILENCE_RMS`, or twice the
+    quantisation step of an integer PCM file if that is larger (a 16-bit file's step, 3e-5,
+    is above -100 dBFS: two channels that cancel leave a residue of one step)."""
+    step = quantisation_step(path)
+    return SILENCE_RMS if step is None else max(SILENCE_RMS, 2 * step)
 
 
 def _short_reason(err: Exception) -> str:

@@ -14,10 +14,12 @@ __all__ = ["list_audio_files", "index_folder"]
 
 def list_audio_files(root: Path) -> list[Path]:
     """Every audio file below ``root`` (any depth, extension case-insensitive), sorted,
-    skipping hidden files and folders."""
+    skipping hidden files and folders. Symbolic links whose target is missing are listed too,
+    so that the feature pass reports them as it reports any other unusable file."""
     files = [
         path for path in Path(root).rglob("*")
-        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file()
+        if path.suffix.lower() in AUDIO_EXTENSIONS
+        and (path.is_file() or (path.is_symlink() and not path.exists()))
         and not any(part.startswith(".") for part in path.relative_to(root).parts)
     ]
     return sorted(files)

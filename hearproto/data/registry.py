@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,8 @@ from typing import Callable
 import pandas as pd
 
 from hearproto.errors import DatasetError
-from hearproto.files import data_home
+from hearproto.files import (data_home, publish_folder, remove_stale_temporaries,
+                             temporary_folder)
 from hearproto.frontend import FrontEnd, resolve_frontend
 from hearproto.data.cache import FeatureStore, load_or_compute_features
 from hearproto.data.dataset import ClipDataset
@@ -93,6 +95,7 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
     ``label``, the generator's attributes, the conditions)."""
     from hearproto.data.conditions import condition_clips
 
+    remove_stale_temporaries(root.parent, f"{root.name}-")  # what a killed generation left
     wanted = {"name": name, "seed": seed, "limit_per_class": limit_per_class}
     generator = generator_digest(name)
     marker = root / GENERATOR_MARKER
@@ -113,28 +116,23 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
     elif root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and was not made by hearproto; refusing to write "
                               f"into it. Pass an empty or new folder as root.")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
-    try:
+    # a generation killed midway left its temporary folder: temporary_folder removes it
+    with temporary_folder(root.parent, f"{root.name}-") as tmp:
         rows = _renderer(name)(tmp, limit_per_class=limit_per_class, seed=seed, progress=progress)
         rows = condition_clips(tmp, rows, seed, progress)
         table = pd.DataFrame(rows)
         table.to_csv(tmp / GENERATED_TABLE, index=False)
         (tmp / GENERATOR_MARKER).write_text(
             json.dumps({**wanted, "generator": generator, "clips": len(table)}, indent=1))
-        os.chmod(tmp, 0o755)
         if stale:  # swap, then drop the old data: never a moment without a complete dataset
             old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-old-"))
             os.replace(root, old / root.name)
-            os.replace(tmp, root)
+            publish_folder(tmp, root)
             shutil.rmtree(old, ignore_errors=True)
         else:
             if root.exists():
                 root.rmdir()  # empty, checked above
-            os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            publish_folder(tmp, root)
     return table.astype({"path": str, "label": str})
 
 
@@ -177,6 +175,7 @@ class PreparedDataset:
             "class_names": self.classes,
             "root": str(self.root),
             "skipped": len(self.store.skipped),
+            "skipped_by_kind": dict(Counter(s["kind"] for s in self.store.skipped)),
             "split_csv": str(self.splits_csv),
             "split_hash": split_hash(self.table),
             "feature_cache": str(self.store.directory),

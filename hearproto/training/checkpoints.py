@@ -3,8 +3,9 @@ and strictly (:func:`check_resume`: the same settings and the same data, or a na
 
 from __future__ import annotations
 
-import csv
 import os
+import pickle
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Iterable
@@ -12,7 +13,8 @@ from typing import Iterable
 import torch
 
 from hearproto.data import PreparedDataset, prepare_dataset
-from hearproto.errors import DatasetError, RunMismatch
+from hearproto.data.dataset import ClipDataset
+from hearproto.errors import CheckpointError, DatasetError, RunMismatch
 from hearproto.files import atomic_path
 from hearproto.frontend import FrontEnd
 from hearproto.model import PrototypeModel
@@ -20,7 +22,7 @@ from hearproto.training.config import RunConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUMABLE", "save_checkpoint", "read_checkpoint",
            "load_checkpoint", "rng_snapshot", "restore_rng", "check_resume", "data_provenance",
-           "checkpoint_dataset", "truncate_metrics", "require_finite_weights"]
+           "checkpoint_dataset", "require_finite_weights", "training_overlap"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -81,22 +83,49 @@ def check_resume(out: str | os.PathLike, payload: dict, config: RunConfig,
 
 
 def data_provenance(data: PreparedDataset) -> dict:
-    """What a checkpoint records of its data: the split's hash and the data folder."""
-    return {"split_hash": data.info()["split_hash"], "root": str(data.root)}
+    """What a checkpoint records of its data: the split's hash, the data folder and the
+    training clips' paths (to tell, on other data, which clips it has seen)."""
+    train = data.table.loc[data.table["split"] == "train", "path"]
+    return {"split_hash": data.info()["split_hash"], "root": str(data.root),
+            "train_paths": sorted(train)}
+
+
+def training_overlap(payload: dict, clips: ClipDataset) -> int | None:
+    """How many of ``clips`` the checkpoint ``payload`` was trained on (None if the checkpoint
+    does not record its training clips)."""
+    seen = (payload.get("data") or {}).get("train_paths")
+    return None if seen is None else len(set(clips.paths) & set(seen))
+
+
+#: What every checkpoint holds, ours and the baselines'.
+REQUIRED_KEYS = ("format", "config", "model")
 
 
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
-    """The dictionary in a checkpoint file, loaded with ``weights_only=True`` (no pickles);
-    clear errors for a missing or foreign file."""
+    """The dictionary in a checkpoint file, loaded with ``weights_only=True`` (no pickles).
+    A missing file is a ``FileNotFoundError``; a truncated, foreign or unsafe one a
+    :class:`~hearproto.errors.CheckpointError` that says which."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a hearproto checkpoint ({err})") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not a hearproto checkpoint")
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False, which would run the file's code: its
+        # advice is not repeated
+        if "Unsupported global" in str(err):
+            raise CheckpointError(f"{path}: holds Python objects other than tensors and plain "
+                                  "values; hearproto loads no such file (it could run code)"
+                                  ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a file torch.save "
+                              "wrote, or a damaged one)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint, or a truncated one "
+                              f"({reason})") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(payload, dict) or key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not a hearproto checkpoint (no {', '.join(missing)})")
     return payload
 
 
@@ -105,10 +134,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     """A model and its checkpoint dictionary (loaded with ``weights_only=True``)."""
     payload = read_checkpoint(path, device)
     if payload.get("baseline"):
-        raise ValueError(f"{path}: a {payload['baseline']} baseline, not our model; use "
+        raise CheckpointError(f"{path}: a {payload['baseline']} baseline, not our model; use "
                          "hearproto.baselines.trainer.load_baseline")
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
+        raise CheckpointError(f"{path}: unknown checkpoint format {payload.get('format')!r}")
     require_finite_weights(path, payload["model"])
     parametrisation = payload["config"].get("beta_parametrisation", "softplus")
     model = PrototypeModel(payload["num_prototypes"], FrontEnd(**payload["frontend"]),
@@ -123,29 +152,34 @@ def require_finite_weights(path: str | os.PathLike, weights: dict) -> None:
     bad = [name for name, value in weights.items()
            if torch.is_floating_point(value) and not bool(torch.isfinite(value).all())]
     if bad:
-        raise ValueError(f"{path}: weights that are not finite ({', '.join(bad[:3])}"
+        raise CheckpointError(f"{path}: weights that are not finite ({', '.join(bad[:3])}"
                          f"{', ...' if len(bad) > 3 else ''}): the run diverged; retrain it with "
                          "a smaller learning rate")
 
 
 def checkpoint_dataset(path: str | os.PathLike, payload: dict, config: RunConfig,
-                       root: str | None = None, progress: bool = False) -> PreparedDataset:
-    """The dataset a checkpoint was trained on (``root`` if it moved), with its front end;
-    refuses one whose classes differ."""
+                       root: str | None = None, progress: bool = False,
+                       resplit: bool = False) -> PreparedDataset:
+    """The dataset a checkpoint was trained on (``root`` if it moved), with its front end.
+
+    Refuses one whose classes differ, and one whose files or split differ from the
+    checkpoint's (by the split hash): its test clips could be training clips of the
+    checkpoint. With ``resplit`` such data is used with a warning (its new split; count the
+    clips the checkpoint has seen with :func:`training_overlap`)."""
     data = prepare_dataset(config.dataset, root=root or config.root,
                            limit_per_class=config.limit_per_class, n_speakers=config.n_speakers,
                            frontend=FrontEnd(**payload["frontend"]), progress=progress)
     if data.classes != payload["classes"]:
         raise DatasetError(f"{path}: the dataset's classes differ from the checkpoint's")
+    saved = (payload.get("data") or {}).get("split_hash")
+    found = data_provenance(data)["split_hash"]
+    if saved is not None and found != saved:
+        if not resplit:
+            raise DatasetError(
+                f"{path} was trained on other files or another split than those in "
+                f"{data.root} (split {found}, the checkpoint's {saved}): scores there could "
+                "count clips it was trained on. Give the folder it was trained on, or "
+                "resplit=True to score this one anyway, with the overlap reported")
+        warnings.warn(f"{path}: {data.root} holds other files or another split than the "
+                      "checkpoint was trained on; scoring its own split (resplit)", stacklevel=2)
     return data
-
-
-def truncate_metrics(path: str | os.PathLike, epochs: int) -> None:
-    """Drop rows logged after the checkpoint (an epoch that was interrupted and is redone)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epochs]
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)

@@ -4,6 +4,7 @@ and a checkpoint's OA, AA and L_rec on a split."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -15,10 +16,11 @@ from hearproto.data.dataset import ClipDataset, crop_or_tile, whole_clip_batches
 from hearproto.errors import DatasetError
 from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import PrototypeModel
-from hearproto.training.checkpoints import checkpoint_dataset, load_checkpoint
+from hearproto.training.checkpoints import (checkpoint_dataset, load_checkpoint,
+                                            training_overlap)
 from hearproto.training.config import TrainConfig, resolve_device
 
-__all__ = ["clip_errors", "mapping_for", "middle_crops", "evaluation_split",
+__all__ = ["clip_errors", "mapping_for", "middle_crops", "evaluation_split", "scored_split",
            "evaluate_checkpoint"]
 
 @torch.no_grad()
@@ -68,18 +70,38 @@ def evaluation_split(data: PreparedDataset, split: str) -> ClipDataset:
     return target
 
 
+def scored_split(path: str | os.PathLike, payload: dict, data: PreparedDataset, split: str,
+                 resplit: bool) -> tuple[ClipDataset, dict]:
+    """The clips of ``split`` to score a checkpoint on, and what the scores must say of them:
+    with ``resplit`` (data other than the checkpoint's), ``seen_in_training``, the number of
+    these clips the checkpoint was trained on (None if it does not record them), with a
+    warning when it is not zero."""
+    target = evaluation_split(data, split)
+    if not resplit:
+        return target, {}
+    seen = training_overlap(payload, target)
+    if seen != 0:
+        count = "an unknown number" if seen is None else f"{seen} of {len(target)}"
+        warnings.warn(f"{path}: {count} {split} clips in {data.root} were training clips of "
+                      "this checkpoint: its scores there overstate it", stacklevel=2)
+    return target, {"seen_in_training": seen}
+
+
 def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: str = "auto",
-                        root: str | None = None, progress: bool = False) -> dict:
-    """OA, AA (percent) and L_rec (x100) of a checkpoint on a split of its dataset."""
+                        root: str | None = None, progress: bool = False,
+                        resplit: bool = False) -> dict:
+    """OA, AA (percent) and L_rec (x100) of a checkpoint on a split of its dataset (in
+    ``root`` if it moved). Data other than the checkpoint's are refused unless ``resplit``
+    (:func:`~hearproto.training.checkpoints.checkpoint_dataset`)."""
     device = resolve_device(device)
     model, payload = load_checkpoint(path, device)
     config = TrainConfig.from_dict(payload["config"])
-    data = checkpoint_dataset(path, payload, config, root, progress)
-    target = evaluation_split(data, split)
+    data = checkpoint_dataset(path, payload, config, root, progress, resplit)
+    target, notes = scored_split(path, payload, data, split, resplit)
     mapping = mapping_for(model, config.mode, data.split("train", crop_frames=None), device,
                           config.eval_batch_size)
     errors = clip_errors(model, target, config.eval_batch_size, device, config.k_chunk)
     scores = evaluate(errors.numpy(), target.labels.numpy(), mapping, target.num_classes)
     return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": scores["L_rec"],
             "stage": payload["stage"], "dataset": config.dataset, "mode": config.mode,
-            "split": split, "clips": len(target)}
+            "split": split, "clips": len(target), **notes}

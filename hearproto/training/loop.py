@@ -121,7 +121,7 @@ class Trainer(RunLoop):
             self.held_labels = torch.from_numpy(clusters)
         self._enter_stage(0)
         if self.config.raw_stage_steps == 0:  # the data initialisation is the raw stage
-            save_checkpoint(self.payload(), self.out / "stages" / f"{self.stages[0]}.pt")
+            save_checkpoint(self.checkpoint(), self.out / "stages" / f"{self.stages[0]}.pt")
             self._enter_stage(1)
 
     def read(self, path: Path) -> dict:
@@ -323,7 +323,7 @@ class Trainer(RunLoop):
         c, state = self.config, self.state
         if self._stage_ends or (not c.stage_epochs and not c.stage_steps
                                 and state.stale_epochs >= c.patience):
-            save_checkpoint(self.payload(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
+            save_checkpoint(self.checkpoint(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
             if state.stage + 1 < len(self.stages):
                 self._enter_stage(state.stage + 1)
             else:

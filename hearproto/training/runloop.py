@@ -2,9 +2,12 @@
 an exact and strict resume, epochs until the run's own rule or its budget stops it.
 
 A run folder holds ``config.json`` (the effective settings), ``metrics.csv`` (one row per
-epoch) and ``last.pt`` (the latest state, every random state included), from which a killed
-run resumes exactly. A subclass says what an epoch is and when the run is over; the loop
-owns the folder, the budgets, the metrics file, the checkpoint and the progress bar.
+epoch) and ``last.pt`` (the latest state, every random state and the metrics included), from
+which a killed run resumes exactly. Every file is written atomically, and ``metrics.csv`` is
+rewritten from the checkpoint's rows on resume, so a kill at any point (even inside a write)
+loses at most the epoch in progress. A subclass says what an epoch is and when the run is
+over; the loop owns the folder, the budgets, the metrics file, the checkpoint and the
+progress bar.
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from hearproto.data import prepare_dataset
-from hearproto.errors import DatasetError, RunLocked, TrainingDiverged
+from hearproto.errors import CheckpointError, DatasetError, RunLocked, TrainingDiverged
 from hearproto.files import atomic_path
-from hearproto.training.checkpoints import (check_resume, restore_rng, save_checkpoint,
-                                            truncate_metrics)
+from hearproto.training.checkpoints import check_resume, restore_rng, save_checkpoint
 from hearproto.training.config import RunConfig, resolve_device
 
 __all__ = ["RunLoop", "exclusive"]
@@ -108,7 +110,8 @@ class RunLoop:
         raise NotImplementedError
 
     def payload(self) -> dict:
-        """Everything a checkpoint holds (the random states included)."""
+        """Everything a checkpoint holds (the random states included); the loop adds the
+        metrics (:meth:`checkpoint`)."""
         raise NotImplementedError
 
     def train_epoch(self) -> None:
@@ -140,6 +143,25 @@ class RunLoop:
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def checkpoint(self) -> dict:
+        """:meth:`payload` with the metrics rows so far: what every checkpoint file holds."""
+        return {**self.payload(), "metrics": [list(row) for row in self.metrics]}
+
+    def _write_metrics(self) -> None:
+        with atomic_path(self.out / "metrics.csv") as tmp:
+            with open(tmp, "w", newline="") as handle:
+                csv.writer(handle).writerows([list(self.columns), *self.metrics])
+
+    def _read_last(self, last: Path) -> dict:
+        try:
+            return self.read(last)
+        except CheckpointError as err:
+            stages = sorted((self.out / "stages").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+            from_stage = (f", or resume from the last stage saved: copy {stages[-1]} to {last}"
+                          if stages else "")
+            raise CheckpointError(f"{err}. To recover: start afresh (delete {last}, or train "
+                                  f"into another folder){from_stage}") from None
+
     def fit(self) -> dict:
         """Run, or resume from ``out/last.pt``, until done; returns :meth:`summary`. The run
         folder is locked meanwhile (:func:`exclusive`)."""
@@ -148,20 +170,22 @@ class RunLoop:
 
     def _fit(self) -> dict:
         config, last = self.config, self.out / "last.pt"
+        _remove_stale_writes(self.out)
         if last.is_file():
-            payload = self.read(last)
+            payload = self._read_last(last)
             changed = check_resume(self.out, payload, config, self.data, self.overrides)
             self.load(payload, changed)
             restore_rng(payload["rng"], self.loader_generator, self.device)
-            truncate_metrics(self.out / "metrics.csv", self.state.epoch)
+            self.metrics = _saved_metrics(payload, self.out / "metrics.csv", self.state.epoch)
+            self._write_metrics()
             state = self.state
             if (state.done and state.stop_reason not in self.final_reasons
                     and not config.budget_spent(state.epoch, state.elapsed_seconds)):
                 state.done, state.stop_reason = False, ""  # a larger budget: go on
         else:
             self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "metrics.csv", "w", newline="") as handle:
-                csv.writer(handle).writerow(self.columns)
+            self.metrics = []
+            self._write_metrics()
             self.start()
         with atomic_path(self.out / "config.json") as tmp:
             tmp.write_text(json.dumps(asdict(config), indent=1))
@@ -180,8 +204,8 @@ class RunLoop:
                     f"{self.out}: the training loss became {self.epoch_loss()} in epoch "
                     f"{state.epoch}; {kept}. Try a smaller learning rate (lr={config.lr:g})")
             state.elapsed_seconds = time.perf_counter() - started
-            with open(self.out / "metrics.csv", "a", newline="") as handle:
-                csv.writer(handle).writerow(self.metrics_row(time.perf_counter() - epoch_start))
+            self.metrics.append(self.metrics_row(time.perf_counter() - epoch_start))
+            self._write_metrics()
             bar.update(1)
             bar.set_postfix(**self.postfix())
             self.after_epoch()
@@ -189,6 +213,28 @@ class RunLoop:
             if spent:
                 state.done, state.stop_reason = True, spent
             self.before_save()
-            save_checkpoint(self.payload(), last)
+            save_checkpoint(self.checkpoint(), last)
         bar.close()
         return self.summary()
+
+
+def _remove_stale_writes(out: Path) -> None:
+    """Remove the temporary files of writes a killed run left in ``out`` (the caller holds
+    its lock, so no write is under way)."""
+    for pattern in (".last-*.pt", ".best-*.pt", ".metrics-*.csv", ".config-*.json",
+                    "stages/.*-*.pt"):
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _saved_metrics(payload: dict, csv_path: Path, epochs: int) -> list[list]:
+    """The metrics rows of the first ``epochs`` epochs: the checkpoint's, or, for a checkpoint
+    that predates them, those of ``metrics.csv`` (empty if it is missing or damaged)."""
+    if payload.get("metrics") is not None:
+        return [list(row) for row in payload["metrics"]]
+    try:
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.reader(handle))[1:]
+        return [row for row in rows if row and int(row[0]) <= epochs]
+    except (OSError, ValueError):
+        return []
