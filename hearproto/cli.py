@@ -59,6 +59,25 @@ def _experiments_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiments_train(args: argparse.Namespace) -> int:
+    from hearproto.runner.runs import METHODS, train_runs
+
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(METHODS)}")
+    summaries = train_runs(
+        args.scale, args.datasets.split(","), methods,
+        [int(s) for s in args.seeds.split(",")], args.max_minutes, args.device, args.threads,
+        report=lambda line: print(line, flush=True))
+    pending = [s["run"] for s in summaries if not s["done"]]
+    print(f"{len(summaries) - len(pending)} of {len(summaries)} runs finished"
+          + (f"; run the same command again to go on with: {', '.join(pending)}" if pending
+             else ""))
+    return 0
+
+
 def _prepare(args: argparse.Namespace):
     from hearproto.data import prepare_dataset
 
@@ -520,6 +539,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checked-outputs-only", action="store_true",
                      help="keep only outputs tagged nbval-check-output (nbval references)")
     run.set_defaults(handler=_experiments_run)
+    trainer = experiment_commands.add_parser(
+        "train", help="train (or resume) the runs the notebooks need, within a time budget")
+    trainer.add_argument("--scale", choices=SCALES, default="full",
+                         help="the runs of this scale (default: full, those the book ships)")
+    trainer.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), metavar="A,B",
+                         help=f"default: {','.join(DEFAULT_DATASETS)}")
+    trainer.add_argument("--methods", metavar="M,N", help="default: all (ours-supervised, "
+                         "ours-unsupervised, direct, autoencoder, apnet)")
+    trainer.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
+    trainer.add_argument("--max-minutes", type=float,
+                         help="time budget for all the runs; a run it cuts resumes next time")
+    trainer.add_argument("--device", default="auto")
+    trainer.add_argument("--threads", type=int, help="torch CPU threads")
+    trainer.set_defaults(handler=_experiments_train)
     return parser
 
 

@@ -16,8 +16,10 @@ OUTPUT_PATHSPECS = (":(top,exclude)book/*.ipynb", ":(top,exclude)results",
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """Current commit, with ``-dirty`` if a tracked source file has changes (the executed
-    notebooks and the results the runner is writing do not count), or ``unknown``."""
+    """Current commit of the repository at ``cwd`` (default: the one holding this package),
+    with ``-dirty`` if a tracked source file has changes (the executed notebooks and the
+    results the runner is writing do not count), or ``unknown``."""
+    cwd = Path(__file__).resolve().parent if cwd is None else cwd
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True

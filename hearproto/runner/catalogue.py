@@ -16,5 +16,6 @@ SUMMARY: tuple[str, ...] = ("reproduce",)
 EXPERIMENTS: tuple[str, ...] = GENERAL + PER_DATASET + SUMMARY
 #: The datasets ``hearproto experiments run`` uses unless told otherwise.
 DEFAULT_DATASETS: tuple[str, ...] = ("instruments", "speakers")
-#: ``ci``: seconds, for tests; ``small``: the default of ``make book``; ``paper``: the paper's.
-SCALES: tuple[str, ...] = ("ci", "small", "paper")
+#: ``ci``: seconds, for tests; ``small``: minutes on a CPU; ``full``: the whole built-in
+#: datasets, the runs the book ships; ``paper``: the paper's recipe.
+SCALES: tuple[str, ...] = ("ci", "small", "full", "paper")

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from hearproto.data import prepare_dataset
 from hearproto.errors import CheckpointError, DatasetError, RunLocked, TrainingDiverged
 from hearproto.files import atomic_path
+from hearproto.provenance import git_commit
 from hearproto.training.checkpoints import check_resume, restore_rng, save_checkpoint
 from hearproto.training.config import RunConfig, resolve_device
 
@@ -144,8 +145,10 @@ class RunLoop:
     # -- the loop -------------------------------------------------------------------------------
 
     def checkpoint(self) -> dict:
-        """:meth:`payload` with the metrics rows so far: what every checkpoint file holds."""
-        return {**self.payload(), "metrics": [list(row) for row in self.metrics]}
+        """:meth:`payload` with the metrics rows so far and the commits of the code that
+        trained it: what every checkpoint file holds."""
+        return {**self.payload(), "metrics": [list(row) for row in self.metrics],
+                "commits": list(self.commits)}
 
     def _write_metrics(self) -> None:
         with atomic_path(self.out / "metrics.csv") as tmp:
@@ -170,6 +173,7 @@ class RunLoop:
 
     def _fit(self) -> dict:
         config, last = self.config, self.out / "last.pt"
+        commit = git_commit()
         _remove_stale_writes(self.out)
         if last.is_file():
             payload = self._read_last(last)
@@ -178,13 +182,16 @@ class RunLoop:
             restore_rng(payload["rng"], self.loader_generator, self.device)
             self.metrics = _saved_metrics(payload, self.out / "metrics.csv", self.state.epoch)
             self._write_metrics()
+            self.commits = list(payload.get("commits") or [])
+            if not self.commits or self.commits[-1] != commit:
+                self.commits.append(commit)  # the code that trains from here on
             state = self.state
             if (state.done and state.stop_reason not in self.final_reasons
                     and not config.budget_spent(state.epoch, state.elapsed_seconds)):
                 state.done, state.stop_reason = False, ""  # a larger budget: go on
         else:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics = []
+            self.metrics, self.commits = [], [commit]
             self._write_metrics()
             self.start()
         with atomic_path(self.out / "config.json") as tmp:
