@@ -35,8 +35,12 @@ def _n_speakers(value: str) -> int | None:
 
 
 def _experiments_run(args: argparse.Namespace) -> int:
+    import os
+
     from hearproto.runner.experiments import run_experiments
 
+    if args.retrain:  # read by the runs cache in the notebooks' kernels
+        os.environ["HEARPROTO_RETRAIN"] = "1"
     extra = {"device": args.device} if args.device != "auto" else {}
     if args.data_root and (not args.datasets or "," in args.datasets):
         raise ValueError("--data-root needs exactly one dataset in --datasets (the one stored "
@@ -49,7 +53,7 @@ def _experiments_run(args: argparse.Namespace) -> int:
     only = [name for value in args.only or [] for name in value.split(",") if name]
     runs = run_experiments(
         names=only or None, scale=args.scale, experiments_dir=Path(args.experiments_dir),
-        output_dir=Path(args.output_dir), force=args.force,
+        output_dir=Path(args.output_dir), force=args.force or args.retrain,
         checked_outputs_only=args.checked_outputs_only, extra_parameters=extra,
         datasets=args.datasets.split(",") if args.datasets else None, results_dir=results_dir,
     )
@@ -75,6 +79,29 @@ def _experiments_train(args: argparse.Namespace) -> int:
     print(f"{len(summaries) - len(pending)} of {len(summaries)} runs finished"
           + (f"; run the same command again to go on with: {', '.join(pending)}" if pending
              else ""))
+    return 0
+
+
+def _experiments_ship(args: argparse.Namespace) -> int:
+    from hearproto.runner.runs import METHODS, run_config
+    from hearproto.runner.shipped import ship_run, weights_dir
+
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    shipped = 0
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for method in methods:
+            for dataset in args.datasets.split(","):
+                run = Path(run_config(method, dataset, args.scale, seed).out)
+                if not (run / "last.pt").is_file():
+                    print(f"{dataset} {method} seed {seed}: not trained, skipped", flush=True)
+                    continue
+                sidecar = ship_run(run, args.scale, dataset, half=None, overwrite=args.force)
+                shipped += 1
+                print(f"{dataset} {method} seed {seed}: {sidecar['bytes'] / 1e6:.2f} MB "
+                      f"{sidecar['dtype']}, {len(sidecar['checkpoints'])} checkpoint(s)",
+                      flush=True)
+    total = sum(p.stat().st_size for p in weights_dir().rglob("*") if p.is_file())
+    print(f"{shipped} run(s) shipped; {weights_dir()} holds {total / 1e6:.1f} MB")
     return 0
 
 
@@ -536,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--experiments-dir", default="experiments", help="templates (default: experiments)")
     run.add_argument("--output-dir", default="book", help="executed copies (default: book)")
     run.add_argument("--force", action="store_true", help="execute even when up to date")
+    run.add_argument("--retrain", action="store_true",
+                     help="train every run afresh instead of using the runs weights/ ships")
     run.add_argument("--checked-outputs-only", action="store_true",
                      help="keep only outputs tagged nbval-check-output (nbval references)")
     run.set_defaults(handler=_experiments_run)
@@ -553,6 +582,14 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--device", default="auto")
     trainer.add_argument("--threads", type=int, help="torch CPU threads")
     trainer.set_defaults(handler=_experiments_train)
+    ship = experiment_commands.add_parser(
+        "ship", help="write finished runs into weights/ (safetensors + JSON), for the book")
+    ship.add_argument("--scale", choices=SCALES, default="full")
+    ship.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), metavar="A,B")
+    ship.add_argument("--methods", metavar="M,N", help="default: all")
+    ship.add_argument("--seeds", default="0,1,2")
+    ship.add_argument("--force", action="store_true", help="replace runs already shipped")
+    ship.set_defaults(handler=_experiments_ship)
     return parser
 
 

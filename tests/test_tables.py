@@ -103,3 +103,18 @@ def test_provenance_records_what_made_the_tables(tones, tmp_path):
                      [NotebookRun("timbre", notebook, executed=True, seconds=3.0)])
     notebooks = json.loads(path.read_text())["notebooks"]
     assert set(notebooks) == {"ablation", "timbre"}
+
+
+def test_train_runs_resumes_a_run_its_budget_cut(tones):
+    """A time budget cuts a run after an epoch; the next call resumes it, in the same folder,
+    to the end of its schedule."""
+    lines = []
+    first = runs_module.train_runs("ci", ["folder"], ["ours-supervised"], [0], max_minutes=1e-4,
+                                   device="cpu", root=str(tones), progress=False,
+                                   report=lines.append)
+    assert not first[0]["done"] and first[0]["stop_reason"].startswith("time budget")
+    assert first[0]["epochs"] == 1 and lines[0].startswith("folder ours-supervised seed 0: time budget")
+    second = runs_module.train_runs("ci", ["folder"], ["ours-supervised"], [0], device="cpu",
+                                    root=str(tones), progress=False, report=lines.append)
+    assert second[0]["done"] and second[0]["out"] == first[0]["out"]
+    assert second[0]["stop_reason"] == "curriculum complete" and second[0]["epochs"] > 1

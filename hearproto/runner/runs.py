@@ -26,12 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
 from hearproto.files import data_home
+from hearproto.runner.shipped import is_unpacked, retraining, unpack_run
 from hearproto.training import RESUMABLE, TrainConfig, train
 
 __all__ = ["METHODS", "SCALE_SETTINGS", "default_runs_dir", "run_config", "settings_digest",
@@ -119,7 +121,16 @@ def settings_digest(config: TrainConfig | BaselineConfig) -> str:
 
 def ensure_run(config: TrainConfig | BaselineConfig, progress: bool = True) -> Path:
     """Train ``config`` unless its run directory already holds the finished run (an
-    unfinished one resumes); returns the run directory."""
+    unfinished one resumes) or ``weights/`` ships it (:mod:`hearproto.runner.shipped`: it is
+    unpacked there, unless ``HEARPROTO_RETRAIN=1``); returns the run directory."""
+    out = Path(config.out)
+    scale = out.parent.parent.name  # runs_dir/SCALE/DATASET/RUN (run_config)
+    if retraining():
+        if is_unpacked(out):
+            shutil.rmtree(out)
+    elif is_unpacked(out) or (not (out / "last.pt").is_file()
+                              and unpack_run(out, scale, config.dataset)):
+        return out
     if isinstance(config, BaselineConfig):
         train_baseline(config, progress=progress)
     else:
@@ -145,29 +156,32 @@ def _elapsed_minutes(run: Path) -> float:
 
 
 def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: float | None = None,
-               device: str = "auto", threads: int | None = None,
+               device: str = "auto", threads: int | None = None, root: str | None = None,
                runs_dir: str | os.PathLike | None = None, progress: bool = True,
                report=print) -> list[dict]:
     """Train, or resume, the runs the experiment notebooks need at ``scale``: every method of
     ``methods`` on every dataset of ``datasets`` for each seed, seed by seed, within
     ``max_minutes`` in all (None: no limit). A run cut by the budget resumes, in the same
     folder, at the next call. ``report`` gets one line per run; returns one summary per run
-    (``done`` False for those not finished)."""
+    (``done`` False for those not finished). ``root``: the data folder of a single dataset
+    that is not built in."""
     start, summaries = time.perf_counter(), []
     for seed in seeds:
         for method in methods:
             for dataset in datasets:
-                config = run_config(method, dataset, scale, seed, device=device,
+                config = run_config(method, dataset, scale, seed, root=root, device=device,
                                     runs_dir=runs_dir)
                 config.threads = threads
                 left = None if max_minutes is None else \
                     max_minutes - (time.perf_counter() - start) / 60
                 name = f"{dataset} {method} seed {seed}"
-                if left is not None and left < 0.1:
+                if left is not None and left <= 0:
                     summaries.append({"run": name, "out": config.out, "done": False,
                                       "stop_reason": "not started (budget spent)"})
                     report(f"{name}: not started, the budget is spent")
                     continue
+                if is_unpacked(config.out):  # train afresh what weights/ ships
+                    shutil.rmtree(config.out)
                 if left is not None:
                     config.max_minutes = _elapsed_minutes(Path(config.out)) + left
                 summary = (train_baseline(config, progress=progress)

@@ -315,6 +315,17 @@ class Trainer(RunLoop):
         else:
             state.stale_epochs += 1
 
+    def expected_epochs(self) -> int:
+        c = self.config
+        if c.stage_epochs:
+            return min(c.epochs, c.stage_epochs * len(self.stages))
+        if not c.stage_steps:
+            return c.epochs  # stages end on patience: no telling
+        limits = {"raw": c.stage_steps if c.raw_stage_steps is None else c.raw_stage_steps,
+                  "ce": c.ce_stage_steps or c.stage_steps}
+        steps = [limits.get(name, c.stage_steps) for name in self.stages]
+        return min(c.epochs, sum(-(-n // self.steps_per_epoch) for n in steps if n))
+
     def postfix(self) -> dict:
         return {"stage": self.stages[self.state.stage], "loss": f"{self._loss:.4f}",
                 "val_OA": f"{self._val.get('OA', float('nan')):.1f}"}

@@ -131,6 +131,11 @@ class RunLoop:
         """What the progress bar shows after the epoch."""
         return {}
 
+    def expected_epochs(self) -> int:
+        """How many epochs the run should take, for the progress bar: its epoch budget unless
+        its own schedule is shorter."""
+        return self.config.epochs
+
     def after_epoch(self) -> None:
         """The run's own rules after the epoch is logged: may set ``state.done``."""
 
@@ -177,6 +182,11 @@ class RunLoop:
         _remove_stale_writes(self.out)
         if last.is_file():
             payload = self._read_last(last)
+            if payload.get("shipped"):
+                raise CheckpointError(
+                    f"{self.out} holds a shipped run (unpacked from weights/): it can be "
+                    "evaluated, played and explored, not trained further. Train into another "
+                    "folder, or retrain the book's runs (hearproto experiments train)")
             changed = check_resume(self.out, payload, config, self.data, self.overrides)
             self.load(payload, changed)
             restore_rng(payload["rng"], self.loader_generator, self.device)
@@ -198,7 +208,7 @@ class RunLoop:
             tmp.write_text(json.dumps(asdict(config), indent=1))
         state = self.state
         started = time.perf_counter() - state.elapsed_seconds
-        bar = tqdm(total=config.epochs, initial=state.epoch, unit="epoch",
+        bar = tqdm(total=self.expected_epochs(), initial=state.epoch, unit="epoch",
                    desc=self.description, disable=not self.progress or state.done)
         while not state.done:
             epoch_start = time.perf_counter()

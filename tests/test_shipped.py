@@ -1,0 +1,123 @@
+"""Shipped runs (weights/): written from a run folder, unpacked back to checkpoints that score
+as the originals, checked by sha256, never trained further, and used by the runs cache
+instead of training unless told to retrain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline, train_baseline
+from hearproto.errors import CheckpointError
+from hearproto.runner import runs
+from hearproto.runner.shipped import is_unpacked, ship_run, shipped_files, unpack_run
+from hearproto.training import TrainConfig, evaluate_checkpoint, load_checkpoint, train
+
+pytestmark = pytest.mark.usefixtures("data_home")
+
+
+def ours(root: Path, out: Path) -> TrainConfig:
+    """Our model through three one-epoch stages (three stage checkpoints and last.pt)."""
+    return TrainConfig.from_recipe(
+        "paper", dataset="folder", root=str(root), out=str(out), mode="supervised", epochs=3,
+        stage_epochs=1, preset="speakers", compile=False, batch_size=8, lr=3e-3, k_chunk=2,
+        seed=0, eval_batch_size=16, threads=1)
+
+
+@pytest.fixture
+def run(tones, tmp_path) -> Path:
+    out = tmp_path / "runs" / "ci" / "folder" / "ours-supervised-seed0-abcd1234"
+    train(ours(tones, out), progress=False)
+    return out
+
+
+def test_a_shipped_run_unpacks_to_checkpoints_that_score_as_the_originals(run, tmp_path):
+    weights = tmp_path / "weights"
+    sidecar = ship_run(run, "ci", "folder", root=weights, half=None)
+    tensors_file, sidecar_file = shipped_files(run, "ci", "folder", weights)
+    assert json.loads(sidecar_file.read_text())["sha256"] == sidecar["sha256"]
+    assert set(sidecar["checkpoints"]) == {"last.pt", "stages/raw.pt", "stages/gain.pt",
+                                           "stages/pitch.pt"}
+    # a tensor is stored once: the pitch decoder does not change before its stage
+    stored = load_file(str(tensors_file))
+    references = [e["tensor"] for c in sidecar["checkpoints"].values() for e in c["weights"].values()]
+    assert len(stored) < len(references)
+    assert sidecar["commits"] and sidecar["data"]["split_hash"] and sidecar["minutes"] >= 0
+
+    copy = tmp_path / "copy" / run.name
+    assert unpack_run(copy, "ci", "folder", root=weights)
+    assert is_unpacked(copy) and (copy / "metrics.csv").read_text() == (run / "metrics.csv").read_text()
+    for name in ("last.pt", "stages/gain.pt"):
+        a = evaluate_checkpoint(run / name, split="val")
+        b = evaluate_checkpoint(copy / name, split="val")
+        assert (a["OA"], a["AA"], a["stage"]) == (b["OA"], b["AA"], b["stage"])
+        assert b["L_rec"] == pytest.approx(a["L_rec"], rel=0.005)
+        original, unpacked = load_checkpoint(run / name)[0], load_checkpoint(copy / name)[0]
+        for key, tensor in original.state_dict().items():
+            assert unpacked.state_dict()[key].dtype == tensor.dtype
+            torch.testing.assert_close(unpacked.state_dict()[key], tensor, rtol=1e-3, atol=1e-3)
+
+
+def test_a_damaged_shipped_file_is_refused(run, tmp_path):
+    weights = tmp_path / "weights"
+    ship_run(run, "ci", "folder", root=weights, half=True)
+    tensors_file, _ = shipped_files(run, "ci", "folder", weights)
+    data = bytearray(tensors_file.read_bytes())
+    data[-1] ^= 0xFF
+    tensors_file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 .* damaged or was replaced"):
+        unpack_run(tmp_path / "copy" / run.name, "ci", "folder", root=weights)
+
+
+def test_an_unfinished_run_is_not_shipped(tones, tmp_path):
+    out = tmp_path / "runs" / "ci" / "folder" / "ours-supervised-seed0-abcd1234"
+    config = ours(tones, out)
+    config.max_minutes = 1e-4  # stops after one epoch, on its time budget
+    train(config, progress=False)
+    with pytest.raises(CheckpointError, match="has not finished \\(time budget"):
+        ship_run(out, "ci", "folder", root=tmp_path / "weights")
+
+
+def test_an_unpacked_run_is_not_trained_further(run, tones, tmp_path):
+    weights = tmp_path / "weights"
+    ship_run(run, "ci", "folder", root=weights, half=True)
+    copy = tmp_path / "copy" / run.name
+    unpack_run(copy, "ci", "folder", root=weights)
+    config = ours(tones, copy)
+    config.epochs = 5
+    with pytest.raises(CheckpointError, match="holds a shipped run"):
+        train(config, progress=False)
+
+
+def test_the_runs_cache_unpacks_shipped_runs_unless_retraining(run, tones, tmp_path,
+                                                               monkeypatch):
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("HEARPROTO_WEIGHTS", str(weights))
+    ship_run(run, "ci", "folder", half=True)
+    config = ours(tones, tmp_path / "cache" / "ci" / "folder" / run.name)
+    calls = []
+    monkeypatch.setattr(runs, "train", lambda *a, **k: calls.append(a))
+    assert runs.ensure_run(config, progress=False) == Path(config.out)
+    assert is_unpacked(config.out) and calls == []
+    monkeypatch.setenv("HEARPROTO_RETRAIN", "1")
+    runs.ensure_run(config, progress=False)
+    assert len(calls) == 1 and not Path(config.out).exists()  # the unpacked copy made way
+
+
+def test_a_baseline_ships_its_best_checkpoint(tones, tmp_path):
+    out = tmp_path / "runs" / "ci" / "folder" / "direct-seed0-abcd1234"
+    train_baseline(BaselineConfig(model="direct", dataset="folder", root=str(tones),
+                                  out=str(out), epochs=2, batch_size=8, preset="speakers",
+                                  threads=1), progress=False)
+    weights = tmp_path / "weights"
+    sidecar = ship_run(out, "ci", "folder", root=weights, half=True)
+    assert set(sidecar["checkpoints"]) == {"last.pt", "best.pt"}
+    copy = tmp_path / "copy" / out.name
+    unpack_run(copy, "ci", "folder", root=weights)
+    a = evaluate_baseline(out / "best.pt", split="val")
+    b = evaluate_baseline(copy / "best.pt", split="val")
+    assert (a["OA"], a["AA"]) == (b["OA"], b["AA"])
