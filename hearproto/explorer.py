@@ -32,7 +32,8 @@ from hearproto.errors import AudioError
 from hearproto.frontend import FrontEnd
 from hearproto.model import PrototypeModel
 from hearproto.transforms import FILTER_RANGE, GAIN_RANGE, PITCH_RANGE, MelBins, reconstruct
-from hearproto.viz import audio_player, audio_tag, show_frame, show_logmel
+from hearproto.viz import (AudioPlayer, audio_player, audio_tag, leveled_players, level_caption,
+                           peak_dbfs, show_frame, show_logmel)
 
 __all__ = ["Settings", "transform_frame", "PrototypeExplorer", "prototype_grid", "PrototypeGrid"]
 
@@ -148,6 +149,7 @@ class PrototypeExplorer:
         self.settings = Settings()
         self._clip_audio: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._widget = None
+        self._learned_peaks: dict[int, float] = {}
         self._refresh_sound()
 
     # -- the Python API -----------------------------------------------------------------------
@@ -248,6 +250,14 @@ class PrototypeExplorer:
         self._audio = wave
         if self._widget is not None:
             self._update_view()
+
+    def _learned_peak(self) -> float:
+        """The peak (dBFS) of the selected prototype as learned, untransformed."""
+        if self.index not in self._learned_peaks:
+            wave = prototype_to_audio(self.prototype, self.frontend, seconds=self.seconds,
+                                      n_iter=self.n_iter)
+            self._learned_peaks[self.index] = peak_dbfs(wave)
+        return self._learned_peaks[self.index]
 
     def clip_recording(self, index: int) -> np.ndarray:
         """Clip ``index`` as recorded (its audio file); where the file cannot be read any
@@ -353,11 +363,14 @@ class PrototypeExplorer:
 
         self._image.value = _png(self.figure())
         rate = self.frontend.sample_rate
-        self._player.value = _mp3(self._audio, rate)
+        # audible at any gain: normalised, with the level relative to the prototype as learned
+        self._player.value = _mp3(self._audio, rate, normalize=True)
         self._knees.value = (
             "<small>knees: high filter at "
             f"{filter_knee_hz(self.settings.high_cutoff, self.frontend):.0f} Hz, low filter at "
-            f"{filter_knee_hz(self.settings.low_cutoff, self.frontend):.0f} Hz</small>")
+            f"{filter_knee_hz(self.settings.low_cutoff, self.frontend):.0f} Hz; level "
+            f"{peak_dbfs(self._audio) - self._learned_peak():+.0f} dB against the prototype "
+            "as learned</small>")
         rows = []
         for clip in self.best_clips():
             sound, recon = self._clip_sounds(clip.index)
@@ -376,9 +389,11 @@ class PrototypeExplorer:
 
 
 class PrototypeGrid:
-    """An HTML table of audio players: one row per prototype, one column per setting."""
+    """An HTML table of audio players: one row per prototype, one column per setting. Each
+    player peaks at :data:`~hearproto.viz.PLAYER_PEAK_DBFS`; its true level, relative to the
+    loudest of its row, is written under it."""
 
-    def __init__(self, rows: dict[str, list[tuple[str, bytes]]], columns: list[str]) -> None:
+    def __init__(self, rows: dict[str, list[tuple[str, AudioPlayer]]], columns: list[str]) -> None:
         self.rows, self.columns = rows, columns
 
     def _repr_html_(self) -> str:
@@ -386,12 +401,14 @@ class PrototypeGrid:
         body = []
         for name, cells in self.rows.items():
             players = "".join(
-                f"<td>{audio_tag(data, 'audio/mpeg', f'{name}, {column}', '9.5em')}</td>"
-                for column, data in cells)
+                f"<td>{audio_tag(player.data, player.mimetype, f'{name}, {column}', '100%')}"
+                f"<br>{level_caption(player.level_db)}</td>"
+                for column, player in cells)
             body.append(f"<tr><th style='text-align:left'>{html.escape(name)}</th>{players}</tr>")
-        # a wide grid scrolls sideways instead of spilling out of the page
-        return (f'<div style="overflow-x:auto"><table class="hearproto-grid"><thead><tr>'
-                f"<th>prototype</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+        # fixed layout: the columns share the article's width, the players shrink to fit
+        return (f'<table class="hearproto-grid" style="width:100%;table-layout:fixed;'
+                f'font-size:0.85em"><thead><tr><th style="width:14%">prototype</th>{head}'
+                f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
     def __repr__(self) -> str:
         return f"<grid of {len(self.rows)} prototypes x {len(self.columns)} settings>"
@@ -411,17 +428,16 @@ def prototype_grid(prototypes: Tensor, names: list[str], frontend: FrontEnd,
                    settings: list[Settings], seconds: float = 0.75, n_iter: int = 32
                    ) -> PrototypeGrid:
     """Every prototype ``(K, F)`` played under each of ``settings``: the static stand-in for
-    the explorer where no kernel runs. Players keep the true loudness."""
+    the explorer where no kernel runs. Each row's players are leveled
+    (:func:`~hearproto.viz.leveled_players`): all audible, their true levels written."""
     if len(names) != len(prototypes):
         raise ValueError(f"{len(prototypes)} prototypes but {len(names)} names")
     bins = MelBins.from_frontend(frontend)
+    labels = [settings_label(s) for s in settings]
     rows = {}
     for name, prototype in zip(names, prototypes.detach().float().cpu()):
-        cells = []
-        for setting in settings:
-            frame = transform_frame(prototype, setting, bins)
-            wave = prototype_to_audio(frame, frontend, seconds=seconds, n_iter=n_iter)
-            cells.append((settings_label(setting), _mp3(wave, frontend.sample_rate)))
-        rows[name] = cells
-    return PrototypeGrid(rows, [settings_label(s) for s in settings])
+        waves = [prototype_to_audio(transform_frame(prototype, setting, bins), frontend,
+                                    seconds=seconds, n_iter=n_iter) for setting in settings]
+        rows[name] = list(zip(labels, leveled_players(waves, frontend.sample_rate, labels)))
+    return PrototypeGrid(rows, labels)
 

@@ -1,4 +1,9 @@
-"""Figures: spectrograms with axes in seconds and Hz."""
+"""Figures (spectrograms with axes in seconds and Hz) and audio players.
+
+Players are normalised to a common peak, :data:`PLAYER_PEAK_DBFS`: the model's sounds span
+more than 80 dB (one unit of scaled log power is 170 dB), and at their true level many would be
+silent. Players meant to be compared (:func:`leveled_players`) state their true level, relative
+to the loudest of their row, in their caption and a bar beside it."""
 
 from __future__ import annotations
 
@@ -14,7 +19,14 @@ import torch
 
 from hearproto.frontend import FrontEnd, resolve_frontend
 
-__all__ = ["audio_player", "player_grid", "show_logmel", "show_frame"]
+__all__ = ["PLAYER_PEAK_DBFS", "audio_player", "leveled_players", "level_caption", "peak_dbfs",
+           "player_grid", "show_logmel", "show_frame"]
+
+#: The peak every player is normalised to: clearly audible, clear of clipping (MP3 encoding
+#: overshoots the peak by a few tenths of a dB).
+PLAYER_PEAK_DBFS = -3.0
+#: A level bar spans this many dB below the loudest player of its row.
+LEVEL_BAR_RANGE_DB = 60.0
 
 
 def _to_numpy(values) -> np.ndarray:
@@ -66,40 +78,80 @@ def audio_tag(data: bytes, mimetype: str, title: str | None = None,
             f'title="{html.escape(title or "")}"></audio>')
 
 
-class AudioPlayer:
-    """An embedded ``<audio>`` player (with an optional caption) for notebooks and the book."""
+def level_caption(level_db: float | None) -> str:
+    """HTML for a true level relative to the loudest of a row: ``-12 dB`` and a bar whose
+    length falls with the level (empty at :data:`LEVEL_BAR_RANGE_DB` below)."""
+    if level_db is None:
+        return ""
+    if not np.isfinite(level_db):
+        return '<span class="hearproto-level">silent</span>'
+    fraction = float(np.clip(1 + level_db / LEVEL_BAR_RANGE_DB, 0.0, 1.0))
+    text = "0 dB (loudest)" if level_db > -0.5 else f"{level_db:.0f} dB".replace("-", "−")
+    return (f'<span class="hearproto-level" title="true level, relative to the loudest of the '
+            f'row" style="white-space:nowrap"><span style="display:inline-block;width:'
+            f'{3 * fraction:.2f}em;height:0.5em;background:#5a7;margin-right:0.3em"></span>'
+            f"{text}</span>")
 
-    def __init__(self, data: bytes, mimetype: str, title: str | None = None) -> None:
-        self.data, self.mimetype, self.title = data, mimetype, title
+
+class AudioPlayer:
+    """An embedded ``<audio>`` player (with an optional caption and true level) for notebooks
+    and the book."""
+
+    def __init__(self, data: bytes, mimetype: str, title: str | None = None,
+                 level_db: float | None = None) -> None:
+        self.data, self.mimetype, self.title, self.level_db = data, mimetype, title, level_db
 
     def _repr_html_(self, width: str | None = None) -> str:
         audio = audio_tag(self.data, self.mimetype, self.title, width)
-        if not self.title:
+        if not self.title and self.level_db is None:
             return audio
+        level = level_caption(self.level_db)
         return (f'<figure class="hearproto-player" style="display:inline-block;margin:0 1em 1em 0">'
-                f'<figcaption style="font-size:0.9em">{html.escape(self.title)}</figcaption>'
-                f"{audio}</figure>")
+                f'<figcaption style="font-size:0.9em">{html.escape(self.title or "")}'
+                f'{"<br>" + level if level else ""}</figcaption>{audio}</figure>')
 
     def __repr__(self) -> str:
         return f"<audio player{': ' + self.title if self.title else ''}>"
 
 
+def peak_dbfs(wave) -> float:
+    """The peak of a waveform in dB relative to full scale (-inf for silence)."""
+    peak = float(np.abs(_to_numpy(wave)).max(initial=0.0))
+    return 20 * np.log10(peak) if peak > 0 else -np.inf
+
+
 def audio_player(
     wave, sample_rate: int, title: str | None = None, normalize: bool = True,
-    compressed: bool = True,
+    compressed: bool = True, level_db: float | None = None,
 ) -> AudioPlayer:
     """A player for a mono waveform ``(L,)``: MP3 by default (about 10x smaller than WAV and
     byte-for-byte deterministic), WAV with ``compressed=False``. ``normalize`` scales the peak
-    to 0.9."""
-    samples = _to_numpy(wave).astype(np.float32).reshape(-1)
+    to :data:`PLAYER_PEAK_DBFS`; ``level_db`` is a true level to show beside it."""
+    samples = _to_numpy(wave).astype(np.float64).reshape(-1)
     if normalize and np.abs(samples).max() > 0:
-        samples = 0.9 * samples / np.abs(samples).max()
+        samples = samples * (10 ** (PLAYER_PEAK_DBFS / 20) / np.abs(samples).max())
+    samples = np.clip(samples, -1, 1).astype(np.float32)
     buffer = io.BytesIO()
     if compressed:
-        sf.write(buffer, np.clip(samples, -1, 1), sample_rate, format="MP3")
-        return AudioPlayer(buffer.getvalue(), "audio/mpeg", title)
-    sf.write(buffer, np.clip(samples, -1, 1), sample_rate, format="WAV", subtype="PCM_16")
-    return AudioPlayer(buffer.getvalue(), "audio/wav", title)
+        sf.write(buffer, samples, sample_rate, format="MP3")
+        return AudioPlayer(buffer.getvalue(), "audio/mpeg", title, level_db)
+    sf.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    return AudioPlayer(buffer.getvalue(), "audio/wav", title, level_db)
+
+
+def leveled_players(waves, sample_rate: int, titles: list[str | None],
+                    compressed: bool = True) -> list[AudioPlayer]:
+    """Players for sounds meant to be compared (one row): each normalised to
+    :data:`PLAYER_PEAK_DBFS`, so that every one is audible, and captioned with its true peak
+    relative to the loudest of the row (0 dB)."""
+    waves = [_to_numpy(w) for w in waves]
+    if len(titles) != len(waves):
+        raise ValueError(f"{len(waves)} sounds but {len(titles)} titles")
+    peaks = [peak_dbfs(w) for w in waves]
+    loudest = max(peaks)
+    return [audio_player(w, sample_rate, title, compressed=compressed,
+                         level_db=peak - loudest if np.isfinite(loudest) else -np.inf)
+            for w, title, peak in zip(waves, titles, peaks)]
 
 
 class PlayerGrid:

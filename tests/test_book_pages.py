@@ -17,18 +17,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("instruments", "speakers")
 
-#: Pages written by hand, not executed from a template (training includes docs/training.md).
-STATIC_PAGES = {"training"}
+#: Pages written by hand, not executed from a template (training includes docs/training.md;
+#: references lists book/references.bib).
+STATIC_PAGES = {"training", "references"}
 
 #: The book's parts after the root page (the Introduction), with their pages.
 PARTS = {
     "Method": ["frontend", *(f"transformations-{d}" for d in DATASETS), "training"],
     "Data": ["datasets"],
-    "Results": [f"{name}-{d}" for name in ("ablation", "classification", "clustering")
+    # Tables 1, 2 and 3, in the paper's order
+    "Results": [f"{name}-{d}" for name in ("ablation", "clustering", "classification")
                 for d in DATASETS],
     "Listening": [f"{name}-{d}" for name in ("prototypes", "timbre") for d in DATASETS],
     "Explorer": ["explorer"],
-    "Reproduce": ["reproduce"],
+    "Reproduce": ["reproduce", "references"],
 }
 
 
@@ -81,6 +83,23 @@ def test_new_templates_keep_the_notebook_conventions():
         code = [t for c, t in zip(cells, tags) if c.cell_type == "code" and "parameters" not in t]
         assert all("remove-input" in t for t in code), f"{name}: code cells are hidden"
         assert any("nbval-check-output" in t for t in code)
+
+
+def test_method_pages_fold_their_code():
+    """The Method pages keep their code, folded (a reader can open it); checks stay hidden."""
+    for name in ("frontend", "transformations"):
+        for cell in template(name).cells:
+            tags = cell.metadata.get("tags", [])
+            if cell.cell_type == "code" and not {"parameters", "nbval-check-output"} & set(tags):
+                assert "hide-input" in tags and "remove-input" not in tags, (name, cell.source[:60])
+
+
+def test_the_introduction_cites_the_paper_and_links_the_authors_code():
+    first = template("intro").cells[0].source
+    assert "{cite:p}`loiseau2022hear`" in first and "@inproceedings{loiseau2022hear" in first
+    assert "https://github.com/romainloiseau/a-model-you-can-hear" in first
+    bib = (ROOT / "book" / "references.bib").read_text()
+    assert "@inproceedings{loiseau2022hear," in bib
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import soundfile as sf
 import pytest
 import torch
 
@@ -11,6 +14,7 @@ from hearproto.explorer import (PrototypeExplorer, Settings, filter_knee_hz, pro
                                 transform_frame)
 from hearproto.transforms import MelBins, high_filter, low_filter, pitch_shift
 from conftest import SR, write_tones
+from hearproto.viz import PLAYER_PEAK_DBFS
 
 FRONTEND = FrontEnd(sample_rate=16_000, n_fft=1024, hop_length=512, n_mels=64, f_min=0.0)
 
@@ -174,6 +178,16 @@ def test_prototype_grid_plays_every_prototype_in_every_setting():
     page = grid._repr_html_()
     assert page.count("<audio") == 9 and page.count("<tr>") == 4  # the header and 3 rows
     assert grid.columns == ["as learned", "pitch ×0.71", "gain +0.25"]
+    assert "width:100%;table-layout:fixed" in page  # fits the article column
+    for cells in grid.rows.values():
+        for _, player in cells:  # every player audible at -3 dBFS (MP3 moves a noisy
+            samples, _ = sf.read(io.BytesIO(player.data))  # sound's peak by a dB or two)
+            peak = np.abs(samples).max()
+            assert abs(20 * np.log10(peak) - PLAYER_PEAK_DBFS) < 2 and peak < 1
+        levels = {column: player.level_db for column, player in cells}
+        assert max(levels.values()) == 0.0
+        # +0.25 scaled log power is about +42 dB: the loudest, far above the prototype as learned
+        assert levels["gain +0.25"] == 0.0 and levels["as learned"] < -30
     with pytest.raises(ValueError, match="3 prototypes but 2 names"):
         prototype_grid(prototypes, ["a", "b"], FRONTEND, settings)
 

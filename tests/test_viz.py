@@ -11,10 +11,12 @@ import matplotlib
 matplotlib.use("agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 import soundfile as sf
 
 from hearproto.frontend import LogMel
-from hearproto.viz import audio_player, show_frame, show_logmel
+from hearproto.viz import (PLAYER_PEAK_DBFS, audio_player, leveled_players, peak_dbfs, show_frame,
+                           show_logmel)
 
 
 def decode(player_html: str) -> tuple[np.ndarray, int, str]:
@@ -33,7 +35,7 @@ def test_mp3_player_keeps_pitch_and_length_and_is_deterministic():
     assert abs(len(samples) - sr) < 0.1 * sr
     peak = np.fft.rfftfreq(len(samples), 1 / sr)[np.abs(np.fft.rfft(samples)).argmax()]
     assert abs(peak - 440) < 3
-    assert np.abs(samples).max() > 0.8  # normalised to 0.9
+    assert abs(20 * np.log10(np.abs(samples).max()) - PLAYER_PEAK_DBFS) < 0.6
     assert "A &lt;440&gt;" in html and "<440>" not in html
     assert audio_player(wave, sr, title="A <440>")._repr_html_() == html
     assert len(player.data) < 0.2 * 2 * sr  # far smaller than 16-bit WAV
@@ -45,6 +47,26 @@ def test_wav_player_is_exact():
     samples, rate, mimetype = decode(audio_player(wave, sr, normalize=False, compressed=False)._repr_html_())
     assert mimetype == "audio/wav" and rate == sr
     np.testing.assert_allclose(samples, wave, atol=1 / 32767)
+
+
+def test_leveled_players_are_all_audible_and_state_their_true_levels():
+    """Sounds 0, -40 and -90 dB apart (the last below what 16 bits hold): each player peaks at
+    -3 dBFS, none clips, and each caption gives its level against the loudest."""
+    sr = 16_000
+    tone = np.sin(2 * np.pi * 440 * np.arange(sr // 2) / sr)
+    levels = [0.0, -40.0, -90.0]
+    waves = [0.5 * 10 ** (db / 20) * tone for db in levels]
+    players = leveled_players(waves, sr, ["loud", "quiet", "faint"])
+    for player, level in zip(players, levels):
+        page = player._repr_html_()
+        samples, _, _ = decode(page)
+        assert abs(peak_dbfs(samples) - PLAYER_PEAK_DBFS) < 0.6 and np.abs(samples).max() < 1
+        assert 20 * np.log10(np.sqrt(np.mean(samples ** 2))) > -10  # a full-scale sine's RMS
+        assert player.level_db == pytest.approx(level, abs=0.01)
+        expected = "0 dB (loudest)" if level == 0 else f"\u2212{-level:.0f} dB"
+        assert expected in page
+    with pytest.raises(ValueError, match="3 sounds but 2 titles"):
+        leveled_players(waves, sr, ["a", "b"])
 
 
 def test_spectrogram_axes_are_in_seconds_and_hz():
