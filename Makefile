@@ -29,11 +29,12 @@ WIDGETS_SETUP := book/_ext/embed-setup.js
 # The book's own style sheet (a wider article column for the grids of players).
 BOOK_CSS := book/_ext/hearproto.css
 
-.PHONY: help install assets book experiments html test unit-tests references clean
+.PHONY: help install assets book experiments html reproduce test unit-tests references clean
 
 help:
 	@echo "make book   install if needed, run the experiments (SCALE=$(SCALE)), build _build/html"
 	@echo "make test   install if needed, run the unit and notebook tests"
+	@echo "make reproduce   train every run of the full scale afresh (hours on a CPU), then the book"
 	@echo "make install | experiments | html | references | clean"
 
 install: $(STAMP)
@@ -70,6 +71,13 @@ html: install assets
 	@echo "The book is in $(CURDIR)/_build/html/index.html"
 
 book: experiments html
+
+# Everything from scratch: the full scale's runs trained (not unpacked from weights/; an
+# interrupted `make reproduce` resumes them), every notebook executed on them, the book built.
+reproduce: install assets
+	$(BIN)/hearproto experiments train --scale full
+	$(BIN)/hearproto experiments run --scale full --retrain
+	$(MAKE) html
 
 # Re-make the nbval references after changing a notebook or what it prints (then commit them).
 references: install

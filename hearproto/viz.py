@@ -19,7 +19,7 @@ import torch
 
 from hearproto.frontend import FrontEnd, resolve_frontend
 
-__all__ = ["PLAYER_PEAK_DBFS", "audio_player", "leveled_players", "level_caption", "peak_dbfs",
+__all__ = ["BOOK_STYLE", "book_style", "architecture_figure", "PLAYER_PEAK_DBFS", "audio_player", "leveled_players", "level_caption", "peak_dbfs",
            "player_grid", "show_logmel", "show_frame"]
 
 #: The peak every player is normalised to: clearly audible, clear of clipping (MP3 encoding
@@ -27,6 +27,18 @@ __all__ = ["PLAYER_PEAK_DBFS", "audio_player", "leveled_players", "level_caption
 PLAYER_PEAK_DBFS = -3.0
 #: A level bar spans this many dB below the loudest player of its row.
 LEVEL_BAR_RANGE_DB = 60.0
+
+
+#: The book's figures: 150 dpi, and fonts that stay legible once a figure is scaled to the
+#: article's width.
+BOOK_STYLE = {"figure.dpi": 150, "savefig.dpi": 150, "font.size": 10, "axes.titlesize": 11,
+              "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+              "legend.fontsize": 9, "figure.titlesize": 12}
+
+
+def book_style() -> None:
+    """Set matplotlib's defaults to :data:`BOOK_STYLE` (the experiment notebooks call it)."""
+    plt.rcParams.update(BOOK_STYLE)
 
 
 def _to_numpy(values) -> np.ndarray:
@@ -171,3 +183,53 @@ class PlayerGrid:
 def player_grid(players: list[AudioPlayer]) -> PlayerGrid:
     """Display several :func:`audio_player` results as one wrapping grid."""
     return PlayerGrid(players)
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def architecture_figure(model) -> plt.Figure:
+    """The paper's Figure 2 for ``model`` (a :class:`~hearproto.model.PrototypeModel`): the
+    log-Mel input, the shared encoder, one decoder per transformation family predicting its
+    parameters at every time step for every prototype, the transformed prototypes, and the
+    errors that name the clip, with each part's parameter count."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    k, f = model.prototypes.shape
+    decoders = {"gain": "gain a", "pitch": "pitch shift s", "filters": "filters (c, G) x2"}
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    ax.set(xlim=(0, 10), ylim=(0, 4.2))
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", linewidth=1,
+                                    facecolor=color, edgecolor="0.3"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
+
+    def arrow(start, end):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10,
+                                     color="0.3", linewidth=1))
+
+    box(0.1, 1.6, 1.3, 1.0, f"log-Mel clip\nx: (T, F={f})", "#e8eef7")
+    box(1.9, 1.6, 1.5, 1.0, f"encoder\n(U-Net down path)\n{_count(model.encoder):,} params",
+        "#dde8d5")
+    for row, (name, label) in enumerate(decoders.items()):
+        y = 3.0 - 1.2 * row
+        box(4.0, y, 1.7, 0.8, f"decoder: {label}\n{_count(model.decoders[name]):,} params",
+            "#f3e3cc")
+        arrow((3.4, 2.1), (4.0, y + 0.4))
+        arrow((5.7, y + 0.4), (6.5, 2.1))
+    box(6.5, 2.7, 1.6, 0.9, f"{k} prototypes\n(K={k}, F={f})\n{k * f:,} params", "#f7dde0")
+    box(6.5, 1.4, 1.6, 1.0, "each prototype\ntransformed at\nevery time step", "#f7dde0")
+    arrow((7.3, 2.7), (7.3, 2.4))
+    box(8.5, 1.4, 1.4, 1.0, "error against x\nper prototype (K,)\nargmin: the class",
+        "#eeeeee")
+    arrow((8.1, 1.9), (8.5, 1.9))
+    arrow((1.4, 2.1), (1.9, 2.1))
+    total = _count(model)
+    ax.text(5, 0.05, f"{total:,} parameters in all; the transformations' parameters are "
+            f"predicted per time step for each of the {k} prototypes", ha="center",
+            fontsize=8.5, color="0.25")
+    fig.tight_layout()
+    return fig

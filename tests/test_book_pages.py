@@ -60,7 +60,7 @@ def test_toc_has_the_seven_parts_in_order():
 def test_every_page_has_a_template_the_runner_knows():
     from hearproto.runner.experiments import EXPERIMENTS, GENERAL, PER_DATASET, SUMMARY, output_name
 
-    assert "intro" in GENERAL and "explorer" in GENERAL and SUMMARY == ("reproduce",)
+    assert "explorer" in GENERAL and SUMMARY == ("intro", "reproduce")
     pages = ["intro", *(page for pages in PARTS.values() for page in pages)]
     made = {output_name(name, d) for name in EXPERIMENTS for d in DATASETS}
     assert set(pages) - STATIC_PAGES == made
@@ -81,8 +81,17 @@ def test_new_templates_keep_the_notebook_conventions():
         assert sum("parameters" in t for t in tags) == 1
         assert all("remove-cell" in t for t in tags if "parameters" in t)
         code = [t for c, t in zip(cells, tags) if c.cell_type == "code" and "parameters" not in t]
-        assert all("remove-input" in t for t in code), f"{name}: code cells are hidden"
+        assert all({"remove-input", "remove-cell"} & set(t) for t in code), f"{name}: code cells are hidden"
         assert any("nbval-check-output" in t for t in code)
+
+
+def test_regression_checks_stay_off_the_pages():
+    """What nbval compares (shapes, sanity checks) is for the tests, not for the reader."""
+    for path in sorted((ROOT / "experiments").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            tags = cell.metadata.get("tags", [])
+            if "nbval-check-output" in tags:
+                assert "remove-cell" in tags, (path.name, cell.source[:60])
 
 
 def test_method_pages_fold_their_code():
@@ -125,14 +134,16 @@ def test_reproduce_runs_after_every_per_dataset_notebook(recorded, tmp_path):
     run_experiments(scale="small", output_dir=tmp_path / "book", results_dir=results,
                     extra_parameters={"data_root": "/data/sol", "device": "cpu"})
     names = [name for name, *_ in recorded]
-    assert names[-1] == "reproduce" and names.count("reproduce") == 1
+    # the introduction's claims table and the Reproduce page read every table: they come last
+    assert names[-2:] == ["intro", "reproduce"] and names.count("reproduce") == 1
     assert names[:len(GENERAL)] == list(GENERAL)
-    assert sorted(names[len(GENERAL):-1]) == sorted(list(PER_DATASET) * len(DATASETS))
+    assert sorted(names[len(GENERAL):-2]) == sorted(list(PER_DATASET) * len(DATASETS))
     outputs = [output for _, output, *_ in recorded]
-    assert outputs[-1] == "reproduce.ipynb" and outputs[0] == "intro.ipynb"
+    assert outputs[-1] == "reproduce.ipynb" and outputs[-2] == "intro.ipynb"
     # the summary reads the results root; only per-dataset notebooks get a data folder
     by_name = {name: parameters for name, _, parameters, _ in recorded}
     assert by_name["reproduce"]["results_dir"] == str(results.resolve())
+    assert by_name["intro"]["results_dir"] == str(results.resolve())
     assert by_name["reproduce"]["scale"] == "small" and by_name["reproduce"]["device"] == "cpu"
     assert "data_root" not in by_name["intro"] and "data_root" not in by_name["reproduce"]
     assert by_name["ablation"]["data_root"] == "/data/sol"
@@ -149,7 +160,7 @@ def test_only_reproduce_and_comma_lists_from_the_command_line(recorded, tmp_path
     recorded.clear()
     assert main([*common, "--only", "reproduce,intro", "ablation",
                  "--datasets", "instruments"]) == 0
-    assert [name for name, *_ in recorded] == ["intro", "ablation", "reproduce"]
+    assert [name for name, *_ in recorded] == ["ablation", "intro", "reproduce"]
     assert main([*common, "--only", "intro,nope"]) == 2
 
 

@@ -82,3 +82,19 @@ def test_spectrogram_axes_are_in_seconds_and_hz():
     x = ax2.lines[0].get_xdata()
     assert x[0] > 0 and x[-1] < sr / 2 and np.all(np.diff(x) > 0)
     plt.close("all")
+
+
+def test_architecture_figure_counts_every_parameter():
+    from hearproto.frontend import PRESETS
+    from hearproto.model import PrototypeModel
+    from hearproto.viz import architecture_figure
+
+    model = PrototypeModel(5, PRESETS["speakers"])
+    fig = architecture_figure(model)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    parts = [model.encoder, *model.decoders.values()]
+    for part in parts:
+        assert f"{sum(p.numel() for p in part.parameters()):,} params" in texts
+    assert f"{5 * 128:,} params" in texts  # the prototypes
+    assert f"{sum(p.numel() for p in model.parameters()):,} parameters in all" in texts
+    plt.close(fig)

@@ -5,13 +5,14 @@ from __future__ import annotations
 __all__ = ["GENERAL", "PER_DATASET", "SUMMARY", "EXPERIMENTS", "DEFAULT_DATASETS", "SCALES"]
 
 #: Notebook templates that do not depend on a dataset (executed once each, first).
-GENERAL: tuple[str, ...] = ("intro", "frontend", "datasets", "explorer")
+GENERAL: tuple[str, ...] = ("frontend", "datasets", "explorer")
 #: Notebook templates executed once per dataset, into ``NAME-DATASET.ipynb``.
 PER_DATASET: tuple[str, ...] = ("ablation", "classification", "clustering", "prototypes",
                                 "transformations", "timbre")
-#: Notebook templates executed once, after all the others: they summarise the provenance the
-#: per-dataset ones wrote (parameters ``scale`` and ``results_dir``, the results root).
-SUMMARY: tuple[str, ...] = ("reproduce",)
+#: Notebook templates executed once, after all the others: they summarise the tables and the
+#: provenance the per-dataset ones wrote (parameters ``scale`` and ``results_dir``, the results
+#: root): the introduction's claims table, the Reproduce page.
+SUMMARY: tuple[str, ...] = ("intro", "reproduce")
 #: Every template, in the order they are executed.
 EXPERIMENTS: tuple[str, ...] = GENERAL + PER_DATASET + SUMMARY
 #: The datasets ``hearproto experiments run`` uses unless told otherwise.

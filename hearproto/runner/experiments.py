@@ -2,13 +2,14 @@
 
 Three kinds of template, executed in this order:
 
-* :data:`GENERAL` (the introduction, the front end, the data, the explorer): once each, into
+* :data:`GENERAL` (the front end, the data, the explorer): once each, into
   ``book/NAME.ipynb``;
 * :data:`PER_DATASET` (the paper's tables and figures): once per dataset, into
   ``book/NAME-DATASET.ipynb``, writing their tables and a ``provenance.json`` to
   ``results/SCALE/DATASET/``;
-* :data:`SUMMARY` (the Reproduce page): last, into ``book/NAME.ipynb``, because they read what
-  the per-dataset notebooks recorded (``results/SCALE/*/provenance.json``).
+* :data:`SUMMARY` (the introduction, with its claims table, and the Reproduce page): last, into
+  ``book/NAME.ipynb``, because they read what the per-dataset notebooks wrote
+  (``results/SCALE/*/``: the tables and ``provenance.json``).
 
 An executed copy records a fingerprint of its template, its parameters and the package's
 source (for a summary, also of the provenance files it reads); a later run with the same
@@ -234,12 +235,20 @@ def run_experiments(
 
 
 def _summary_inputs(results_root: Path | None, scale: str, output_dir: Path) -> str:
-    """What a summary notebook reads besides its parameters: the provenance files and the wall
-    times of the general notebooks executed beside it."""
+    """What a summary notebook reads besides its parameters: the provenance files, the tables
+    the claims are checked on, and the wall times of the general notebooks executed beside
+    it."""
     from hearproto.runner.results import executed_seconds
 
     general = executed_seconds(output_dir, GENERAL, scale).to_dict()
-    return provenance_digest(results_root, scale) + json.dumps(general, sort_keys=True)
+    tables = hashlib.sha256()
+    if results_root is not None:
+        for path in sorted(Path(results_root).glob(f"{scale}/*/*.csv")):
+            if path.stem in ("table1", "table2", "table3", "prototypes"):
+                tables.update(path.relative_to(results_root).as_posix().encode())
+                tables.update(path.read_bytes())
+    return (provenance_digest(results_root, scale) + tables.hexdigest()
+            + json.dumps(general, sort_keys=True))
 
 
 def write_provenance(folder: Path, dataset: str, parameters: dict,
@@ -284,7 +293,7 @@ def write_provenance(folder: Path, dataset: str, parameters: dict,
         "device": str(device), "device_name": describe_device(device),
         "torch": torch.__version__, "python": platform.python_version(),
         "dataset": {"name": dataset, "files": len(data.table), "classes": len(data.classes),
-                    **data_provenance(data)},
+                    **{k: v for k, v in data_provenance(data).items() if k != "train_paths"}},
         "notebooks": notebooks,
         "total_wall_seconds": round(sum(n["wall_seconds"] or 0 for n in notebooks.values()), 1),
     }
