@@ -63,6 +63,18 @@ def _experiments_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(args: argparse.Namespace) -> list[int]:
+    """--seeds, else the seeds behind the scale's tables (HEADLINE_SEEDS)."""
+    from hearproto.runner.tables import HEADLINE_SEEDS
+
+    if args.seeds is None:
+        return list(HEADLINE_SEEDS[args.scale])
+    try:
+        return [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
 def _experiments_train(args: argparse.Namespace) -> int:
     from hearproto.runner.runs import METHODS, train_runs
 
@@ -73,7 +85,7 @@ def _experiments_train(args: argparse.Namespace) -> int:
                          f"{', '.join(METHODS)}")
     summaries = train_runs(
         args.scale, args.datasets.split(","), methods,
-        [int(s) for s in args.seeds.split(",")], args.max_minutes, args.device, args.threads,
+        _seeds(args), args.max_minutes, args.device, args.threads,
         report=lambda line: print(line, flush=True))
     pending = [s["run"] for s in summaries if not s["done"]]
     print(f"{len(summaries) - len(pending)} of {len(summaries)} runs finished"
@@ -84,22 +96,27 @@ def _experiments_train(args: argparse.Namespace) -> int:
 
 def _experiments_ship(args: argparse.Namespace) -> int:
     from hearproto.runner.runs import METHODS, run_config
-    from hearproto.runner.shipped import ship_run, weights_dir
+    from hearproto.runner.shipped import default_keep, is_finished, ship_run, weights_dir
 
     methods = args.methods.split(",") if args.methods else list(METHODS)
     shipped = 0
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in _seeds(args):
         for method in methods:
             for dataset in args.datasets.split(","):
                 run = Path(run_config(method, dataset, args.scale, seed).out)
-                if not (run / "last.pt").is_file():
-                    print(f"{dataset} {method} seed {seed}: not trained, skipped", flush=True)
+                if not is_finished(run):
+                    state = "not trained" if not (run / "last.pt").is_file() else "not finished"
+                    print(f"{dataset} {method} seed {seed}: {state}, skipped (hearproto "
+                          f"experiments train --scale {args.scale} finishes it)", flush=True)
                     continue
-                sidecar = ship_run(run, args.scale, dataset, half=None, overwrite=args.force)
+                keep = args.keep or default_keep(method, seed)
+                sidecar = ship_run(run, args.scale, dataset, half=None, overwrite=args.force,
+                                   keep=keep)
                 shipped += 1
-                print(f"{dataset} {method} seed {seed}: {sidecar['bytes'] / 1e6:.2f} MB "
-                      f"{sidecar['dtype']}, {len(sidecar['checkpoints'])} checkpoint(s)",
-                      flush=True)
+                kept = (f"{sidecar['bytes'] / 1e6:.2f} MB {sidecar['dtype']}, "
+                        f"{len(sidecar['checkpoints'])} checkpoint(s)" if keep != "scores"
+                        else "table rows only, no weights")
+                print(f"{dataset} {method} seed {seed}: {kept}", flush=True)
     total = sum(p.stat().st_size for p in weights_dir().rglob("*") if p.is_file())
     print(f"{shipped} run(s) shipped; {weights_dir()} holds {total / 1e6:.1f} MB")
     return 0
@@ -392,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hearproto.frontend import PRESETS
     from hearproto.data import DATASETS
     from hearproto.runner.catalogue import DEFAULT_DATASETS, EXPERIMENTS, SCALES
+    from hearproto.runner.shipped import KEEP
     from hearproto.training.config import RECIPES, BaselineConfig, TrainConfig
 
     ours, paper, baseline = TrainConfig(), RECIPES["paper"], BaselineConfig()
@@ -545,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="execute notebooks with papermill into book/ (reusing unchanged ones)"
     )
     run.add_argument("--scale", choices=SCALES, default="small",
-                     help="ci: seconds; small: minutes on a CPU (default); paper: a GPU")
+                     help="ci: seconds; small: minutes on a CPU (default); full: the built-in "
+                          "datasets whole, the book's (its runs ship in weights/); paper: a GPU")
     run.add_argument("--only", nargs="+", metavar="NAME",
                      help=f"run only these, space- or comma-separated ({', '.join(EXPERIMENTS)}; "
                           "reproduce runs last and reads the per-dataset provenance)")
@@ -576,7 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"default: {','.join(DEFAULT_DATASETS)}")
     trainer.add_argument("--methods", metavar="M,N", help="default: all (ours-supervised, "
                          "ours-unsupervised, direct, autoencoder, apnet)")
-    trainer.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
+    trainer.add_argument("--seeds", help="comma-separated (default: those behind the scale's "
+                         "Tables 2 and 3; 0 for full, 0,1,2 for small and paper)")
     trainer.add_argument("--max-minutes", type=float,
                          help="time budget for all the runs; a run it cuts resumes next time")
     trainer.add_argument("--device", default="auto")
@@ -587,7 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--scale", choices=SCALES, default="full")
     ship.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), metavar="A,B")
     ship.add_argument("--methods", metavar="M,N", help="default: all")
-    ship.add_argument("--seeds", default="0,1,2")
+    ship.add_argument("--seeds", help="comma-separated (default: as for train)")
+    ship.add_argument("--keep", choices=KEEP,
+                      help="every checkpoint, the one the tables evaluate, or its test scores "
+                           "alone (default: all for our seed-0 runs, scores for APNet, "
+                           "evaluated otherwise)")
     ship.add_argument("--force", action="store_true", help="replace runs already shipped")
     ship.set_defaults(handler=_experiments_ship)
     return parser

@@ -279,11 +279,11 @@ def test_reproduce_page_commands_are_exact():
     parser = build_parser()
     for command in commands:
         args = parser.parse_args(command[1:])  # exits (fails) on an unknown option
-        for name in (args.only or []):
+        for name in (getattr(args, "only", None) or []):
             assert set(name.split(",")) <= set(EXPERIMENTS), command
         if args.datasets:
             assert set(args.datasets.split(",")) <= set(KNOWN_DATASETS), command
-        if args.data_root:
+        if getattr(args, "data_root", None):
             assert args.datasets and "," not in args.datasets, command
     assert {"sol", "librispeech", "folder"} <= {c[c.index("--datasets") + 1] for c in commands
                                                 if "--datasets" in c}

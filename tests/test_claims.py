@@ -11,7 +11,7 @@ import torch
 
 from hearproto.frontend import PRESETS
 from hearproto.runner.claims import (DISTINCT_DB, FINDINGS, check_findings, claims_table,
-                                     prototype_statistics)
+                                     findings_markdown, prototype_statistics)
 from hearproto.runner.paper import STAGE_LABELS
 
 STAGES = [STAGE_LABELS[s] for s in ("raw", "gain", "pitch", "filters", "ce")]
@@ -81,3 +81,18 @@ def test_prototype_statistics_find_the_closest_pair():
     assert stats["nearest_db"][0] == pytest.approx(0.0, abs=1e-3)
     assert stats["nearest_db"][2] == pytest.approx(6 / 3 ** 0.5, rel=0.02)  # RMS of a linear ramp
     assert (stats["rms_dbfs"] > -30).all()
+
+
+def test_a_page_states_the_findings_its_table_decides(tmp_path):
+    folder = write_results(tmp_path / "full" / "instruments", [20, 30, 40, 50, 60],
+                           [0.5, 0.4, 0.45, 0.2, 0.25], 60, 50, 55, 30, 20)
+    table1 = pd.read_csv(folder / "table1.csv")
+    lines = findings_markdown(table1=table1).splitlines()
+    assert lines[0].startswith("- Each transformation lowers the reconstruction error L_rec: "
+                               "**does not hold** (supervised L_rec 0.500 → 0.400 → 0.450")
+    assert [line.split("**")[1] for line in lines] == ["does not hold", "holds", "holds"]
+    table3 = pd.read_csv(folder / "table3.csv")
+    floor = pd.DataFrame({"method": ["Linear probe on mean log-Mels (floor)"], "OA": [70.0]})
+    line = findings_markdown(table3=pd.concat([table3, floor]))
+    assert line.startswith("- Ours beats Direct Classification and APNet, supervised: **holds**")
+    assert line.endswith("; Linear probe on mean log-Mels, the floor, 70.0 %).")

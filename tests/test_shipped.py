@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline, train_baseline
 from hearproto.errors import CheckpointError
 from hearproto.runner import runs
-from hearproto.runner.shipped import is_unpacked, ship_run, shipped_files, unpack_run
+from hearproto.runner.shipped import (default_keep, is_unpacked, ship_run, shipped_files,
+                                      unpack_run)
+from hearproto.runner.tables import evaluate_rows
 from hearproto.training import TrainConfig, evaluate_checkpoint, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("data_home")
@@ -108,16 +110,113 @@ def test_the_runs_cache_unpacks_shipped_runs_unless_retraining(run, tones, tmp_p
     assert len(calls) == 1 and not Path(config.out).exists()  # the unpacked copy made way
 
 
-def test_a_baseline_ships_its_best_checkpoint(tones, tmp_path):
+@pytest.fixture
+def direct(tones, tmp_path) -> Path:
     out = tmp_path / "runs" / "ci" / "folder" / "direct-seed0-abcd1234"
     train_baseline(BaselineConfig(model="direct", dataset="folder", root=str(tones),
                                   out=str(out), epochs=2, batch_size=8, preset="speakers",
                                   threads=1), progress=False)
+    return out
+
+
+def test_a_baseline_ships_its_best_checkpoint(direct, tmp_path):
     weights = tmp_path / "weights"
-    sidecar = ship_run(out, "ci", "folder", root=weights, half=True)
+    sidecar = ship_run(direct, "ci", "folder", root=weights, half=True)
     assert set(sidecar["checkpoints"]) == {"last.pt", "best.pt"}
-    copy = tmp_path / "copy" / out.name
+    copy = tmp_path / "copy" / direct.name
     unpack_run(copy, "ci", "folder", root=weights)
-    a = evaluate_baseline(out / "best.pt", split="val")
+    a = evaluate_baseline(direct / "best.pt", split="val")
     b = evaluate_baseline(copy / "best.pt", split="val")
     assert (a["OA"], a["AA"]) == (b["OA"], b["AA"])
+
+
+def test_keeping_the_evaluated_checkpoint_ships_only_it(run, direct, tmp_path):
+    weights = tmp_path / "weights"
+    everything = ship_run(run, "ci", "folder", root=weights, half=True)
+    ours_only = ship_run(run, "ci", "folder", root=weights, half=True, keep="evaluated",
+                         overwrite=True)
+    assert list(ours_only["checkpoints"]) == ["last.pt"]
+    assert ours_only["bytes"] < everything["bytes"]
+    assert list(ship_run(direct, "ci", "folder", root=weights, half=True,
+                         keep="evaluated")["checkpoints"]) == ["best.pt"]
+    copy = tmp_path / "copy" / run.name
+    unpack_run(copy, "ci", "folder", root=weights)
+    assert sorted(p.name for p in copy.rglob("*.pt")) == ["last.pt"]
+    a, b = (evaluate_checkpoint(r / "last.pt", split="val") for r in (run, copy))
+    assert (a["OA"], a["AA"]) == (b["OA"], b["AA"])
+
+
+def test_a_run_shipped_as_rows_gives_its_scores_to_the_tables(direct, tmp_path):
+    weights = tmp_path / "weights"
+    sidecar = ship_run(direct, "ci", "folder", root=weights, keep="scores")
+    tensors_file, _ = shipped_files(direct, "ci", "folder", weights)
+    assert not tensors_file.exists() and sidecar["bytes"] == 0 and sidecar["checkpoints"] == {}
+    copy = tmp_path / "copy" / direct.name
+    assert unpack_run(copy, "ci", "folder", root=weights) and is_unpacked(copy)
+    assert not list(copy.rglob("*.pt"))
+    rows = evaluate_rows([(copy / "best.pt", {"method": "Direct"})], "test")
+    expected = evaluate_baseline(direct / "best.pt", split="test")
+    assert rows.loc[0, ["OA", "AA", "clips"]].tolist() == [expected["OA"], expected["AA"],
+                                                          expected["clips"]]
+    assert rows.loc[0, "seed"] == 0 and rows.loc[0, "epochs"] is not None
+    with pytest.raises(CheckpointError, match="without its val scores"):
+        evaluate_rows([(copy / "best.pt", {})], "val")
+
+
+def test_default_keep():
+    assert default_keep("ours-supervised", 0) == default_keep("ours-unsupervised", 0) == "all"
+    assert default_keep("ours-supervised", 1) == default_keep("direct", 0) == "evaluated"
+    assert default_keep("apnet", 0) == "scores"
+    with pytest.raises(ValueError, match="keep='some'"):
+        ship_run(Path("nowhere"), "ci", "folder", keep="some")
+
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_BUDGET_BYTES = 30_000_000  # the book's shipped runs, all of them
+
+
+def test_the_shipped_weights_are_whole_and_within_budget():
+    """weights/ as committed: safetensors and JSON only, within the budget, every sidecar
+    with its provenance and a safetensors file of the sha256 it names (none for a run kept
+    as table rows)."""
+    import hashlib
+
+    files = [p for p in WEIGHTS.rglob("*") if p.is_file()]
+    assert files, "weights/ ships no run"
+    assert {p.suffix for p in files} <= {".safetensors", ".json"}
+    assert sum(p.stat().st_size for p in files) <= WEIGHTS_BUDGET_BYTES
+    sidecars = [p for p in files if p.suffix == ".json"]
+    for sidecar_file in sidecars:
+        sidecar = json.loads(sidecar_file.read_text())
+        assert sidecar["commits"] and sidecar["trained_on"] and sidecar["minutes"] > 0
+        assert sidecar["data"]["split_hash"] and sidecar["config"]["seed"] == sidecar["seed"]
+        tensors_file = sidecar_file.with_suffix(".safetensors")
+        if sidecar["keep"] == "scores":
+            assert not tensors_file.exists() and sidecar["scores"]
+        else:
+            assert hashlib.sha256(tensors_file.read_bytes()).hexdigest() == sidecar["sha256"]
+    assert {p.with_suffix(".json") for p in files if p.suffix == ".safetensors"} <= set(sidecars)
+
+
+def test_float16_is_chosen_checkpoint_by_checkpoint(run, tmp_path, monkeypatch):
+    from hearproto.runner import shipped
+
+    # as if float16 moved the last checkpoint's validation scores, and no stage's
+    monkeypatch.setattr(shipped, "_float16_moves_scores",
+                        lambda run, name, packs, device: name == "last.pt")
+    weights = tmp_path / "weights"
+    sidecar = ship_run(run, "ci", "folder", root=weights, half=None)
+    assert sidecar["dtype"] == "mixed"
+    assert {n: c["stored"] for n, c in sidecar["checkpoints"].items()} == {
+        "last.pt": "float32", "stages/raw.pt": "float16", "stages/gain.pt": "float16",
+        "stages/pitch.pt": "float16"}
+    stored = load_file(str(shipped_files(run, "ci", "folder", weights)[0]))
+    for name, checkpoint in sidecar["checkpoints"].items():
+        dtypes = {stored[e["tensor"]].dtype for e in checkpoint["weights"].values()
+                  if e["dtype"] == "float32"}
+        assert dtypes == {getattr(torch, checkpoint["stored"])}, name
+    copy = tmp_path / "copy" / run.name
+    unpack_run(copy, "ci", "folder", root=weights)
+    original, unpacked = load_checkpoint(run / "last.pt")[0], load_checkpoint(copy / "last.pt")[0]
+    for key, tensor in original.state_dict().items():  # float32 kept: bit for bit
+        assert torch.equal(unpacked.state_dict()[key], tensor), key

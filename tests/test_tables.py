@@ -9,12 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hearproto.runner import runs as runs_module
+from hearproto.baselines.probe import linear_probe
 from hearproto.baselines.trainer import BaselineConfig
+from hearproto.data import prepare_dataset
+from hearproto.runner import runs as runs_module
 from hearproto.runner.experiments import write_provenance
 from hearproto.runner.paper import paper_table1, paper_table3
 from hearproto.runner.runs import run_config
-from hearproto.runner.tables import table1, table2, table3, write_tables
+from hearproto.runner.tables import FLOORS, table1, table2, table3, write_tables
 from hearproto.training import TrainConfig
 
 
@@ -53,8 +55,12 @@ def test_paper_numbers_are_labelled_by_dataset():
 
 def test_tables_train_once_and_carry_provenance(tones, tmp_path):
     table, rows = table3("folder", "ci", root=str(tones), device="cpu", progress=False)
-    assert list(table["method"]) == ["Direct Classification", "APNet", "Ours supervised"]
+    assert list(table["method"]) == ["Direct Classification", "APNet", "Ours supervised",
+                                     FLOORS["probe"]]
     assert (table["seeds"] == 1).all() and table[["OA", "AA"]].stack().between(0, 100).all()
+    train, test = (prepare_dataset("folder", root=str(tones)).split(s, crop_frames=None)
+                   for s in ("train", "test"))
+    assert table.loc[3, "OA"] == linear_probe(train, test)["OA"]  # on the runs' own split
     assert pd.isna(table.loc[0, "L_rec"]) and table.loc[2, "L_rec"] > 0
     assert not any(c.startswith("paper") for c in table.columns)  # no counterpart in the paper
     assert (rows["split"] == "test").all() and rows["commit"].str.len().min() >= 7
@@ -71,7 +77,7 @@ def test_tables_train_once_and_carry_provenance(tones, tmp_path):
 
     clustering, _ = table2("folder", "ci", root=str(tones), device="cpu", progress=False)
     assert list(clustering["method"]) == ["Autoencoder + K-means", "APNet + K-means",
-                                          "Ours unsupervised"]
+                                          "Ours unsupervised", FLOORS["kmeans"]]
 
     folder = tmp_path / "results" / "ci" / "folder"
     written = write_tables("table3", table, rows, folder)

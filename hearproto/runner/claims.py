@@ -22,7 +22,7 @@ from hearproto.frontend import LOG_RANGE, FrontEnd
 from hearproto.runner.paper import STAGE_LABELS
 
 __all__ = ["FINDINGS", "Verdict", "AUDIBLE_RMS_DBFS", "DISTINCT_DB", "prototype_statistics",
-           "check_findings", "claims_table"]
+           "check_findings", "claims_table", "findings_markdown"]
 
 #: (key, the finding as the paper states it).
 FINDINGS: tuple[tuple[str, str], ...] = (
@@ -119,6 +119,8 @@ def _versus(table: pd.DataFrame, ours: str, others: tuple[str, ...]) -> Verdict:
     holds = all(mine[0] > value[0] for value in theirs.values())
     evidence = f"OA ours {shown(mine)} %, " + ", ".join(
         f"{name} {shown(value)} %" for name, value in theirs.items())
+    for floor in table.loc[table["method"].str.endswith("(floor)"), "method"]:
+        evidence += f"; {floor.removesuffix(' (floor)')}, the floor, {_mean(table, floor)[0]:.1f} %"
     return Verdict(holds, evidence)
 
 
@@ -163,12 +165,9 @@ def _read(folder: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def check_findings(folder: str | Path) -> dict[str, Verdict]:
-    """The verdict of every finding on the tables in one results folder
-    (``results/SCALE/DATASET/``: table1.csv, table2.csv, table3.csv, prototypes.csv)."""
-    folder = Path(folder)
-    table1, table2, table3, prototypes = (_read(folder, f"{name}.csv") for name in
-                                          ("table1", "table2", "table3", "prototypes"))
+def _verdicts(table1: pd.DataFrame | None = None, table2: pd.DataFrame | None = None,
+              table3: pd.DataFrame | None = None,
+              prototypes: pd.DataFrame | None = None) -> dict[str, Verdict]:
     return {
         "transformations": NOT_MEASURED if table1 is None else _check_transformations(table1),
         "stages": NOT_MEASURED if table1 is None else _check_stages(table1),
@@ -179,6 +178,23 @@ def check_findings(folder: str | Path) -> dict[str, Verdict]:
             table2, "Ours unsupervised", ("Autoencoder + K-means",)),
         "prototypes": NOT_MEASURED if prototypes is None else _check_prototypes(prototypes),
     }
+
+
+def check_findings(folder: str | Path) -> dict[str, Verdict]:
+    """The verdict of every finding on the tables in one results folder
+    (``results/SCALE/DATASET/``: table1.csv, table2.csv, table3.csv, prototypes.csv)."""
+    folder = Path(folder)
+    return _verdicts(*(_read(folder, f"{name}.csv")
+                       for name in ("table1", "table2", "table3", "prototypes")))
+
+
+def findings_markdown(table1: pd.DataFrame | None = None, table2: pd.DataFrame | None = None,
+                      table3: pd.DataFrame | None = None) -> str:
+    """The findings that the given tables decide, as Markdown bullets: the finding, its
+    verdict in bold, the numbers that decide it (for the Results pages, below their table)."""
+    verdicts = _verdicts(table1, table2, table3)
+    return "\n".join(f"- {finding}: **{verdicts[key].label}** ({verdicts[key].evidence})."
+                      for key, finding in FINDINGS if verdicts[key].holds is not None)
 
 
 def claims_table(results_root: str | Path, scale: str, datasets) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from hearproto.runner.catalogue import EXPERIMENTS
 
 __all__ = ["RESULT_COLUMNS", "result_row", "append_rows", "write_table",
            "repository_root", "read_provenance", "timings_table", "provenance_table",
-           "executed_seconds"]
+           "executed_seconds", "written_note"]
 
 RESULT_COLUMNS = [
     "model", "mode", "dataset", "split", "stage", "OA", "AA", "L_rec", "clips",
@@ -166,3 +166,16 @@ def executed_seconds(book_dir: str | os.PathLike, names, scale: str) -> pd.Serie
                 metadata.get("wall_seconds") is not None:
             seconds[name] = float(metadata["wall_seconds"])
     return pd.Series(seconds, dtype=float, name="seconds").rename_axis("notebook")
+
+
+def written_note(name: str, folder: str | os.PathLike) -> str:
+    """The sentence a Results page ends with: where its table ``name`` was written, as a path
+    inside the repository (a folder elsewhere is not named: the book shows no paths outside
+    it)."""
+    folder = Path(folder).resolve()
+    root = repository_root()
+    where = (f"`{folder.relative_to(root).as_posix()}/`" if folder.is_relative_to(root)
+             else "the results folder")
+    return (f"The table is in {where} as `{name}.csv` and `{name}.md`; `{name}_runs.csv` gives "
+            "the provenance of every evaluated checkpoint: its training config, the device and "
+            "time it trained, and the commit that evaluated it.")

@@ -4,14 +4,16 @@ results without training anything.
 A shipped run is two files in ``weights/SCALE/DATASET/``, named after its run folder
 (``METHOD-seedS-DIGEST``, :func:`~hearproto.runner.runs.run_config`):
 
-* ``RUN.safetensors``: the weights of every checkpoint of the run (``last.pt``, and our model's
-  ``stages/STAGE.pt`` or a baseline's ``best.pt``). A tensor is stored once however many
-  checkpoints hold it (a decoder does not change before its stage), in float16 unless that
-  moves the run's validation scores;
+* ``RUN.safetensors``: the weights of the checkpoints the run keeps (:func:`default_keep`:
+  all of them, ``last.pt`` and ``stages/STAGE.pt``, for our seed-0 runs; the one the tables
+  evaluate, ``last.pt`` or a baseline's ``best.pt``, for the other seeds and baselines). A
+  tensor is stored once however many checkpoints hold it (a decoder does not change before
+  its stage), checkpoint by checkpoint in float16 unless that moves its validation scores;
 * ``RUN.json``: what made the run (its config, the commits that trained it, the device, the
   training time, its data: classes and split hash), each checkpoint's other contents (stage,
   state, metrics rows), which stored tensor each of its weights is, and the sha256 of the
-  safetensors file.
+  safetensors file. A run shipped as table rows alone (APNet, too large for the budget) has
+  no safetensors file: its sidecar holds its test scores instead (:func:`shipped_scores`).
 
 :func:`ship_run` writes them from a run folder; :func:`unpack_run` writes the run folder back,
 with checkpoints that hold no optimiser or random state: the run can be evaluated, played and
@@ -37,8 +39,9 @@ from hearproto.errors import CheckpointError
 from hearproto.files import atomic_path
 from hearproto.training.checkpoints import read_checkpoint, save_checkpoint
 
-__all__ = ["SHIPPED_FORMAT", "SHIPPED_MARKER", "weights_dir", "shipped_files", "ship_run",
-           "unpack_run", "is_unpacked", "retraining"]
+__all__ = ["SHIPPED_FORMAT", "SHIPPED_MARKER", "KEEP", "weights_dir", "shipped_files",
+           "default_keep", "is_finished", "ship_run", "shipped_scores", "unpack_run",
+           "is_unpacked", "retraining"]
 
 SHIPPED_FORMAT = 1
 #: Written last into a run folder unpacked from ``weights/``: the sidecar it came from.
@@ -47,6 +50,9 @@ SHIPPED_MARKER = "shipped.json"
 TRAINING_ONLY = ("optimizer", "rng")
 #: How far float16 weights may move the validation L_rec (relative) and still be shipped.
 FLOAT16_TOLERANCE = 0.005
+#: What a shipped run keeps: every checkpoint, the one the tables evaluate (a baseline's
+#: best.pt, our model's last.pt), or that one's test scores without weights.
+KEEP = ("all", "evaluated", "scores")
 
 
 def weights_dir() -> Path:
@@ -75,6 +81,32 @@ def _checkpoint_files(run: Path) -> list[str]:
     return names + sorted(p.relative_to(run).as_posix() for p in (run / "stages").glob("*.pt"))
 
 
+def _finished(last: dict) -> bool:
+    state = last["state"]
+    return bool(state.get("done")) and not state["stop_reason"].startswith("time budget")
+
+
+def is_finished(run: str | os.PathLike) -> bool:
+    """Whether run folder ``run`` holds a run trained to the end of its schedule."""
+    last = Path(run) / "last.pt"
+    return last.is_file() and _finished(read_checkpoint(last))
+
+
+def default_keep(method: str, seed: int) -> str:
+    """What :func:`ship_run` keeps of a run by default (:data:`KEEP`): every checkpoint of our
+    seed-0 runs (Table 1 evaluates their stage checkpoints, the Method pages load them), the
+    table rows alone of APNet (6.7 M parameters: 13 MB in float16 would take half of the
+    book's 30 MB), and the checkpoint the tables evaluate of every other run."""
+    if method == "apnet":
+        return "scores"
+    return "all" if method.startswith("ours-") and seed == 0 else "evaluated"
+
+
+def _evaluated_checkpoint(payload: dict) -> str:
+    """The checkpoint the tables evaluate: a baseline's best.pt, our model's last.pt."""
+    return "best.pt" if payload.get("baseline") else "last.pt"
+
+
 def _tensor_key(tensor: torch.Tensor) -> str:
     data = tensor.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
@@ -93,39 +125,48 @@ def _json_value(value):
     return value
 
 
-def _pack(run: Path, half: bool) -> tuple[dict, dict, dict]:
-    """(tensors to store, per-checkpoint descriptions, run-level facts) of a run folder."""
-    tensors, checkpoints, facts = {}, {}, {}
-    for name in _checkpoint_files(run):
-        payload = read_checkpoint(run / name)
+def _contents(payload: dict) -> dict:
+    """What a checkpoint holds besides its weights, the data identity and the run-level facts."""
+    return _json_value({k: v for k, v in payload.items() if k not in
+                        (*TRAINING_ONLY, "model", "held_labels", "data", "metrics", "commits")})
+
+
+def _facts(run: Path, last: dict) -> dict:
+    """Run-level facts, from its last checkpoint and metrics.csv."""
+    with open(run / "metrics.csv", newline="") as handle:
+        columns = next(csv.reader(handle))
+    return {"config": last["config"], "data": last.get("data"), "metrics_columns": columns,
+            "commits": last.get("commits", []), "trained_on": last.get("trained_on"),
+            "metrics": last.get("metrics", []),
+            "minutes": round(last["state"]["elapsed_seconds"] / 60, 2)}
+
+
+def _pack(payloads: dict[str, dict], half: dict[str, bool]) -> tuple[dict, dict]:
+    """(tensors to store, per-checkpoint descriptions) of the checkpoints ``payloads`` (name
+    relative to the run folder: loaded checkpoint), each with its float tensors stored in
+    float16 where ``half[name]``."""
+    tensors, checkpoints = {}, {}
+    for name, payload in payloads.items():
         weights = {}
         for key, tensor in payload["model"].items():
-            stored = tensor.half() if half and tensor.dtype == torch.float32 else tensor
+            stored = tensor.half() if half[name] and tensor.dtype == torch.float32 else tensor
             tensor_key = _tensor_key(stored)
             tensors.setdefault(tensor_key, stored.detach().cpu().contiguous())
             weights[key] = {"tensor": tensor_key, "dtype": str(tensor.dtype).removeprefix("torch.")}
         held = payload.get("held_labels")
         if held is not None:
             tensors.setdefault(_tensor_key(held), held.cpu().contiguous())
-        if name == "last.pt":
-            with open(run / "metrics.csv", newline="") as handle:
-                columns = next(csv.reader(handle))
-            facts = {"config": payload["config"], "data": payload.get("data"),
-                     "metrics_columns": columns,
-                     "commits": payload.get("commits", []), "trained_on": payload.get("trained_on"),
-                     "metrics": payload.get("metrics", []),
-                     "minutes": round(payload["state"]["elapsed_seconds"] / 60, 2)}
-        rest = {k: v for k, v in payload.items()
-                if k not in (*TRAINING_ONLY, "model", "held_labels", "data", "metrics", "commits")}
         checkpoints[name] = {
-            "weights": weights, "held_labels": None if held is None else _tensor_key(held),
-            "metrics_rows": len(payload.get("metrics") or []), "contents": _json_value(rest)}
-    return tensors, checkpoints, facts
+            "weights": weights, "stored": "float16" if half[name] else "float32",
+            "held_labels": None if held is None else _tensor_key(held),
+            "metrics_rows": len(payload.get("metrics") or []), "contents": _contents(payload)}
+    return tensors, checkpoints
 
 
-def _float16_moves_scores(run: Path, packs: list[tuple[dict, dict]], device: str) -> bool:
-    """Whether the run's last checkpoint scores differently on the validation split with
-    float16 weights (another OA or AA, or L_rec moved by more than FLOAT16_TOLERANCE)."""
+def _float16_moves_scores(run: Path, name: str, packs: list[tuple[dict, dict]],
+                          device: str) -> bool:
+    """Whether checkpoint ``name`` scores differently on the validation split with float16
+    weights (another OA or AA, or L_rec moved by more than FLOAT16_TOLERANCE)."""
     from hearproto.baselines.trainer import evaluate_baseline
     from hearproto.training import evaluate_checkpoint
 
@@ -134,10 +175,10 @@ def _float16_moves_scores(run: Path, packs: list[tuple[dict, dict]], device: str
         scratch = run.parent / f".{run.name}-float16-check"
         shutil.rmtree(scratch, ignore_errors=True)
         try:
-            _write_checkpoint(scratch / "last.pt", checkpoints["last.pt"], tensors, {}, [])
-            payload = read_checkpoint(scratch / "last.pt")
+            _write_checkpoint(scratch / name, checkpoints[name], tensors, {}, [])
+            payload = read_checkpoint(scratch / name)
             evaluate = evaluate_baseline if payload.get("baseline") else evaluate_checkpoint
-            scores.append(evaluate(scratch / "last.pt", split="val", device=device))
+            scores.append(evaluate(scratch / name, split="val", device=device))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     a, b = scores
@@ -146,38 +187,98 @@ def _float16_moves_scores(run: Path, packs: list[tuple[dict, dict]], device: str
     return a["OA"] != b["OA"] or a["AA"] != b["AA"] or moved_l_rec
 
 
+def _table_scores(run: Path, name: str, payload: dict, device: str) -> list[dict]:
+    """The test scores the tables read of checkpoint ``name``: both of APNet's (its classifier,
+    Table 3; K-means on its similarities, Table 2), one of any other model."""
+    from hearproto.baselines.trainer import evaluate_baseline
+    from hearproto.provenance import describe_device, git_commit
+    from hearproto.training import evaluate_checkpoint, resolve_device
+
+    variants = (False, True) if payload.get("baseline") == "apnet" else (False,)
+    evaluated_on = describe_device(resolve_device(device))
+    rows = []
+    for clustering in variants:
+        scores = (evaluate_baseline(run / name, "test", device, clustering=clustering)
+                  if payload.get("baseline") else evaluate_checkpoint(run / name, "test", device))
+        rows.append({"checkpoint": name, "split": "test", "clustering": clustering,
+                     "scores": _json_value(scores), "contents": _contents(payload),
+                     "evaluated_on": evaluated_on, "commit": git_commit(Path(__file__).parent)})
+    return rows
+
+
 def ship_run(run: str | os.PathLike, scale: str, dataset: str, root: Path | None = None,
-             half: bool | None = None, device: str = "cpu", overwrite: bool = False) -> dict:
+             half: bool | None = None, device: str = "cpu", overwrite: bool = False,
+             keep: str = "all") -> dict:
     """Write the finished run folder ``run`` into ``weights/SCALE/DATASET/`` (``root``:
-    another weights folder). ``half``: store float16 (True), float32 (False), or float16
-    unless it moves the validation scores (None). Returns the sidecar."""
+    another weights folder). ``half``: store float16 (True), float32 (False), or, checkpoint
+    by checkpoint, float16 unless it moves that checkpoint's validation scores (None).
+    ``keep`` (:data:`KEEP`): every checkpoint, the one the tables evaluate, or its test scores
+    alone (no weights: the tables read them, nothing else can use the run). Returns the
+    sidecar."""
+    if keep not in KEEP:
+        raise ValueError(f"keep={keep!r}: choose from {', '.join(KEEP)}")
     run = Path(run)
     last = read_checkpoint(run / "last.pt")
-    if not last["state"].get("done") or last["state"]["stop_reason"].startswith("time budget"):
+    if not _finished(last):
         raise CheckpointError(f"{run}: the run has not finished ({last['state']['stop_reason'] or 'in progress'}); "
                               "train it to the end of its schedule before shipping it")
     tensors_file, sidecar_file = shipped_files(run, scale, dataset, root)
     if not overwrite and (tensors_file.exists() or sidecar_file.exists()):
         raise FileExistsError(f"{sidecar_file} exists; pass overwrite=True to replace it")
-    tensors, checkpoints, facts = _pack(run, half=bool(half))
-    if half is None:
-        tensors16, checkpoints16, _ = _pack(run, half=True)
-        half = not _float16_moves_scores(run, [(tensors, checkpoints), (tensors16, checkpoints16)],
-                                         device)
-        if half:
-            tensors, checkpoints = tensors16, checkpoints16
-    with atomic_path(tensors_file) as tmp:
-        save_file(tensors, str(tmp))
-    sidecar = {
-        "format": SHIPPED_FORMAT, "run": run.name, "scale": scale, "dataset": dataset,
-        "method": run.name.split("-seed")[0], "seed": facts["config"]["seed"],
-        "recipe": facts["config"].get("recipe"), "dtype": "float16" if half else "float32",
-        "sha256": hashlib.sha256(tensors_file.read_bytes()).hexdigest(),
-        "bytes": tensors_file.stat().st_size, **_json_value(facts), "checkpoints": checkpoints,
-    }
+    facts = _facts(run, last)
+    names = (_checkpoint_files(run) if keep == "all" else [_evaluated_checkpoint(last)])
+    payloads = {name: last if name == "last.pt" else read_checkpoint(run / name)
+                for name in names}
+    sidecar = {"format": SHIPPED_FORMAT, "run": run.name, "scale": scale, "dataset": dataset,
+               "method": run.name.split("-seed")[0], "seed": facts["config"]["seed"],
+               "recipe": facts["config"].get("recipe"), "keep": keep}
+    if keep == "scores":
+        name = names[0]
+        scores = _table_scores(run, name, payloads[name], device)
+        tensors_file.unlink(missing_ok=True)  # a run shipped with weights before
+        sidecar.update({"dtype": None, "sha256": None, "bytes": 0, **_json_value(facts),
+                        "scores": scores, "checkpoints": {}})
+    else:
+        if half is None:  # float16 for each checkpoint whose validation scores it leaves alone
+            packs = [_pack(payloads, dict.fromkeys(payloads, h)) for h in (False, True)]
+            choice = {name: not _float16_moves_scores(run, name, packs, device)
+                      for name in payloads}
+        else:
+            choice = dict.fromkeys(payloads, bool(half))
+        tensors, checkpoints = _pack(payloads, choice)
+        with atomic_path(tensors_file) as tmp:
+            save_file(tensors, str(tmp))
+        stored = set(choice.values())
+        sidecar.update({"dtype": ("mixed" if len(stored) > 1 else
+                                  "float16" if stored == {True} else "float32"),
+                        "sha256": hashlib.sha256(tensors_file.read_bytes()).hexdigest(),
+                        "bytes": tensors_file.stat().st_size, **_json_value(facts),
+                        "checkpoints": checkpoints})
     with atomic_path(sidecar_file) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=1, allow_nan=False))
+        # compact: the weight maps take most of it (python -m json.tool prints it readably)
+        tmp.write_text(json.dumps(sidecar, separators=(",", ":"), allow_nan=False))
     return sidecar
+
+
+def shipped_scores(checkpoint: str | os.PathLike, split: str, clustering: bool = False
+                   ) -> dict | None:
+    """The stored scores of a checkpoint shipped as table rows alone (``keep="scores"``):
+    ``scores`` (as the evaluate functions return them), ``contents`` (the checkpoint's
+    provenance), ``evaluated_on`` and ``commit``; None for a checkpoint that is there to
+    evaluate."""
+    checkpoint = Path(checkpoint)
+    marker = checkpoint.parent / SHIPPED_MARKER
+    if checkpoint.is_file() or not marker.is_file():
+        return None
+    stored = json.loads(marker.read_text()).get("scores") or []
+    for entry in stored:
+        if (entry["checkpoint"], entry["split"], entry["clustering"]) == \
+                (checkpoint.name, split, clustering):
+            return entry
+    kind = "clustering " if clustering else ""
+    raise CheckpointError(f"{checkpoint}: shipped as table rows without weights, and without "
+                          f"its {kind}{split} scores; train the run afresh (hearproto "
+                          "experiments run --retrain) to evaluate it otherwise")
 
 
 def _write_checkpoint(path: Path, description: dict, tensors: dict, facts: dict,
@@ -206,15 +307,16 @@ def unpack_run(run: str | os.PathLike, scale: str, dataset: str,
     if not sidecar_file.is_file():
         return False
     sidecar = json.loads(sidecar_file.read_text())
-    if not tensors_file.is_file():
+    rows_only = sidecar.get("keep") == "scores"  # nothing to read but the sidecar
+    if not rows_only and not tensors_file.is_file():
         raise CheckpointError(f"{tensors_file}: missing (its sidecar {sidecar_file.name} is "
                               "there); restore it from the repository (git checkout weights)")
-    found = hashlib.sha256(tensors_file.read_bytes()).hexdigest()
+    found = None if rows_only else hashlib.sha256(tensors_file.read_bytes()).hexdigest()
     if found != sidecar["sha256"]:
         raise CheckpointError(f"{tensors_file}: sha256 {found[:12]}..., its sidecar says "
                               f"{sidecar['sha256'][:12]}...: the file is damaged or was "
                               "replaced; restore it from the repository")
-    tensors = load_file(str(tensors_file))
+    tensors = {} if rows_only else load_file(str(tensors_file))
     if run.exists():
         shutil.rmtree(run)
     (run / "stages").mkdir(parents=True)
