@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hearproto.baselines.apnet import APNet, APNetOutput
+from hearproto.baselines.apnet import CLASSIFIER_LR_SCALE, APNet, APNetOutput
 
 TINY = dict(n_mels=16, frames=32, n_prototypes=6, channels=4)
 
@@ -192,3 +192,17 @@ def test_rejects_sizes_not_divisible_by_four():
         APNet(2, n_mels=18, frames=32)
     with pytest.raises(ValueError):
         APNet(2, n_mels=16, frames=30)
+
+
+def test_the_classifier_reads_standardised_similarities_at_a_faster_rate():
+    model = tiny()
+    x = torch.rand(6, 32, 16)
+    out = model(x)  # training mode: batch statistics
+    s = out.similarities
+    standard = (s - s.mean(0)) / torch.sqrt(s.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(out.logits, standard @ model.classifier.weight.T)
+    groups = model.parameter_groups(1e-3)
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-3 * CLASSIFIER_LR_SCALE)]
+    assert groups[1]["params"] == [model.classifier.weight]
+    every = [p for g in groups for p in g["params"]]
+    assert len(every) == len(list(model.parameters())) == len({id(p) for p in every})

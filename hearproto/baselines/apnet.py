@@ -20,7 +20,8 @@ Model, for a batch ``x`` of scaled log-Mels ``(B, T, F)`` in about [0, 1]:
   ``d[b, m, f] = sum_{c, t} (z[b, c, t, f] - P[m, c, t, f])^2`` in the paper (here divided
   by the squared norms, see below); the similarity of a clip to a prototype is
   ``s[b, m] = sum_f softmax(w[m])[f] * exp(-d[b, m, f])`` (here ``exp(-k d)``) with learnable
-  frequency weights ``w`` ``(M, F/4)``; a bias-free linear layer maps ``s`` to the logits;
+  frequency weights ``w`` ``(M, F/4)``; a bias-free linear layer maps ``s`` (here
+  standardised, see below) to the logits;
 * loss ``alpha * CE + beta * L_proto + gamma * L_rec``: ``L_rec`` is the batch mean of the
   summed squared reconstruction error (in the ``2x - 1`` scale); ``L_proto`` pulls every
   prototype towards its nearest clip of the batch and every clip towards its nearest
@@ -56,6 +57,18 @@ Choices made where the paper (or the brief) is silent:
   0.057). A fixed rescaling does not help either: the latents' scale drifted 50x within the
   first epoch, which again pushed ``exp(-k d)`` to 0 (or to 1 everywhere). ``k`` starts
   at 1, so similarities start in [exp(-2), 1].
+* **Standardised similarities and a faster classifier**: the classifier reads the
+  similarities through a batch normalisation without affine parameters (each prototype's
+  similarity centred and scaled over the batch; running statistics at evaluation), and its
+  weights learn at :data:`CLASSIFIER_LR_SCALE` times the network's rate
+  (:meth:`APNet.parameter_groups`). Measured on ``speakers`` at the full scale (12 epochs,
+  about 500 AdamW steps at lr 1e-3): the raw similarities sit at 0.54 with a spread of 0.1
+  over clips, an ill-conditioned input for a bias-free linear layer, and the classifier stayed
+  at chance (validation OA 2.5-4 % in every epoch) although a logistic regression on the same
+  similarities, standardised, scores 85.5 % on validation. On those fixed similarities, 500
+  steps of the bias-free layer reach 6 % raw at lr 1e-3, 19 % standardised at lr 1e-3 and
+  45 % standardised at lr 1e-2. The original trains for hundreds of epochs, where the raw
+  input catches up; our 2-core budget allows twelve.
 * **Prototype initialisation**: :meth:`APNet.init_prototypes` sets the prototypes to the
   latents of training clips, chosen k-means++-style (as our model's prototypes), rather than
   uniform noise; the trainer calls it before the first epoch.
@@ -79,10 +92,13 @@ from torch import Tensor, nn
 
 from hearproto.data.dataset import tile_frames
 
-__all__ = ["APNet", "APNetOutput"]
+__all__ = ["APNet", "APNetOutput", "CLASSIFIER_LR_SCALE"]
 
 _SLOPE = 0.01  # LeakyReLU negative slope
 _CHUNK = 16  # clips or prototypes encoded / decoded at once (bounds memory)
+
+#: The classifier's learning rate relative to the rest of the network (see the module notes).
+CLASSIFIER_LR_SCALE = 10.0
 
 
 class APNetOutput(NamedTuple):
@@ -143,7 +159,20 @@ class APNet(nn.Module):
         self.prototypes = nn.Parameter(torch.rand(n_prototypes, channels, frames // 4, n_mels // 4))
         self.frequency_weights = nn.Parameter(torch.zeros(n_prototypes, n_mels // 4))
         self.log_sharpness = nn.Parameter(torch.zeros(()))  # similarity exp(-d * e^this)
+        self.standardise = nn.BatchNorm1d(n_prototypes, affine=False)
         self.classifier = nn.Linear(n_prototypes, n_classes, bias=False)
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups: the classifier at ``CLASSIFIER_LR_SCALE * lr``, every
+        other parameter at ``lr``."""
+        head = list(self.classifier.parameters())
+        ids = {id(p) for p in head}
+        body = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": body, "lr": lr}, {"params": head, "lr": CLASSIFIER_LR_SCALE * lr}]
+
+    def _classify(self, similarity: Tensor) -> Tensor:
+        """Logits ``(B, K)`` from similarities ``(B, M)``."""
+        return self.classifier(self.standardise(similarity))
 
     # -- plumbing ---------------------------------------------------------------------------
     def fit_length(self, x: Tensor) -> Tensor:
@@ -189,7 +218,7 @@ class APNet(nn.Module):
         decoded = self._decode(z, mask1, mask2)[:, 0]
         distance = self._distance(z)
         similarity = self._similarity(distance)
-        return _Forward(target, decoded, distance, similarity, self.classifier(similarity))
+        return _Forward(target, decoded, distance, similarity, self._classify(similarity))
 
     # -- public API -------------------------------------------------------------------------
     @torch.no_grad()
@@ -231,7 +260,7 @@ class APNet(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """Class logits ``(B, K)`` of ``x`` ``(B, T', F)``."""
-        return self.classifier(self.features(x))
+        return self._classify(self.features(x))
 
     def features(self, x: Tensor) -> Tensor:
         """Prototype similarities ``(B, M)`` of ``x`` ``(B, T', F)`` (the features that

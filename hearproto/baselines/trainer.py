@@ -117,6 +117,14 @@ def _checkpoint(model: nn.Module, optimizer, config: BaselineConfig, meta: dict,
     }
 
 
+def _parameter_groups(model: nn.Module, lr: float) -> list[dict]:
+    """The optimiser's parameter groups: the model's own (APNet's faster classifier), else
+    one group at ``lr``."""
+    if hasattr(model, "parameter_groups"):
+        return model.parameter_groups(lr)
+    return [{"params": list(model.parameters()), "lr": lr}]
+
+
 APNET_INIT_CLIPS = 4  # APNet's prototypes start from this many training crops per prototype
 
 
@@ -163,8 +171,9 @@ class BaselineRun(RunLoop):
         self.model = build_baseline(config.model, self.train_set.num_classes,
                                     data.frontend.n_mels, self.frames,
                                     config.apnet_prototypes).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay, fused=True)
+        self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, config.lr),
+                                           lr=config.lr, weight_decay=config.weight_decay,
+                                           fused=True)
         self.loader_generator.manual_seed(config.seed)
         self.state = _State()
 
@@ -178,8 +187,10 @@ class BaselineRun(RunLoop):
     def load(self, payload: dict, changed: list[str]) -> None:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])  # restores the saved lr too
-        for group in self.optimizer.param_groups if "lr" in changed else ():
-            group["lr"] = self.config.lr
+        if "lr" in changed:
+            fresh = _parameter_groups(self.model, self.config.lr)
+            for group, new in zip(self.optimizer.param_groups, fresh):
+                group["lr"] = new["lr"]
         self.state = _State(**payload["state"])
 
     def payload(self) -> dict:
