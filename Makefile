@@ -9,7 +9,7 @@ PYTHON ?= $(or $(firstword $(foreach v,3.13 3.12 3.11,$(shell python$(v) -c '' 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SCALE ?= small
+SCALE ?= full
 # This machine's pip configuration names local package folders that do not exist; hide the
 # warnings about them, keep everything else pip prints.
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }

@@ -562,8 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = experiment_commands.add_parser(
         "run", help="execute notebooks with papermill into book/ (reusing unchanged ones)"
     )
-    run.add_argument("--scale", choices=SCALES, default="small",
-                     help="ci: seconds; small: minutes on a CPU (default); full: the built-in "
+    run.add_argument("--scale", choices=SCALES, default="full",
+                     help="ci: seconds; small: minutes on a CPU; full (default): the built-in "
                           "datasets whole, the book's (its runs ship in weights/); paper: a GPU")
     run.add_argument("--only", nargs="+", metavar="NAME",
                      help=f"run only these, space- or comma-separated ({', '.join(EXPERIMENTS)}; "

@@ -181,7 +181,7 @@ def provenance_digest(results_root: Path | None, scale: str) -> str:
 
 
 def run_experiments(
-    names: list[str] | None = None, scale: str = "small", experiments_dir: Path = Path("experiments"),
+    names: list[str] | None = None, scale: str = "full", experiments_dir: Path = Path("experiments"),
     output_dir: Path = Path("book"), force: bool = False, extra_parameters: dict | None = None,
     checked_outputs_only: bool = False, datasets: list[str] | None = None,
     results_dir: Path | None = None, progress: bool = True,
