@@ -14,6 +14,7 @@ import io
 import librosa.display
 import matplotlib.pyplot as plt
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import torch
 
@@ -25,6 +26,13 @@ __all__ = ["BOOK_STYLE", "book_style", "architecture_figure", "PLAYER_PEAK_DBFS"
 #: The peak every player is normalised to: clearly audible, clear of clipping (MP3 encoding
 #: overshoots the peak by a few tenths of a dB).
 PLAYER_PEAK_DBFS = -3.0
+#: MP3 players are encoded at this sample rate or an integer multiple of the sound's above it:
+#: LAME low-passes 16 kHz audio near 6.5 kHz whatever the bitrate, which cut the top band a
+#: high filter leaves (measured on noise above 7 kHz: -6 dB RMS at 16 kHz, -1.5 dB at 32 kHz).
+MP3_MIN_RATE = 32_000
+#: A player falls back to WAV where MP3 changes the sound's energy by more than this: LAME
+#: also low-passes 44.1 kHz audio near 16-17 kHz, where a high filter can put most of it.
+MP3_MAX_LEVEL_CHANGE_DB = 1.0
 #: A level bar spans this many dB below the loudest player of its row.
 LEVEL_BAR_RANGE_DB = 60.0
 
@@ -132,21 +140,37 @@ def peak_dbfs(wave) -> float:
     return 20 * np.log10(peak) if peak > 0 else -np.inf
 
 
+def _energy_change_db(samples: np.ndarray, encoded: bytes) -> float:
+    """How far (dB, absolute) decoding ``encoded`` moves the total energy of ``samples``."""
+    decoded, _ = sf.read(io.BytesIO(encoded), dtype="float64")
+    before, after = float(np.sum(np.square(samples, dtype=np.float64))), float(np.sum(decoded ** 2))
+    if before == 0 or after == 0:
+        return 0.0 if before == after else np.inf
+    return abs(10 * np.log10(after / before))
+
+
 def audio_player(
     wave, sample_rate: int, title: str | None = None, normalize: bool = True,
     compressed: bool = True, level_db: float | None = None,
 ) -> AudioPlayer:
     """A player for a mono waveform ``(L,)``: MP3 by default (about 10x smaller than WAV and
-    byte-for-byte deterministic), WAV with ``compressed=False``. ``normalize`` scales the peak
+    byte-for-byte deterministic; at :data:`MP3_MIN_RATE` or above, upsampled by an integer
+    factor), WAV with ``compressed=False`` or where MP3 would move the sound's energy by more
+    than :data:`MP3_MAX_LEVEL_CHANGE_DB`. ``normalize`` scales the peak
     to :data:`PLAYER_PEAK_DBFS`; ``level_db`` is a true level to show beside it."""
     samples = _to_numpy(wave).astype(np.float64).reshape(-1)
+    factor = -(-MP3_MIN_RATE // sample_rate) if compressed else 1
+    if factor > 1:
+        samples = scipy.signal.resample_poly(samples, factor, 1)
     if normalize and np.abs(samples).max() > 0:
         samples = samples * (10 ** (PLAYER_PEAK_DBFS / 20) / np.abs(samples).max())
     samples = np.clip(samples, -1, 1).astype(np.float32)
     buffer = io.BytesIO()
     if compressed:
-        sf.write(buffer, samples, sample_rate, format="MP3")
-        return AudioPlayer(buffer.getvalue(), "audio/mpeg", title, level_db)
+        sf.write(buffer, samples, sample_rate * factor, format="MP3")
+        if _energy_change_db(samples, buffer.getvalue()) <= MP3_MAX_LEVEL_CHANGE_DB:
+            return AudioPlayer(buffer.getvalue(), "audio/mpeg", title, level_db)
+        buffer = io.BytesIO()
     sf.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
     return AudioPlayer(buffer.getvalue(), "audio/wav", title, level_db)
 

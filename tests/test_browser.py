@@ -2,7 +2,9 @@
 
 Every page of the table of contents loads from a local server without console errors and
 without asking any other host for anything; its audio players load (each reaches a finite,
-non-zero duration, and the first one decodes); its ipywidgets render. Screenshots of the
+non-zero duration, and every one decodes to a sound at the players' common peak, loud
+enough to hear); no output prints a regression check's True/False or a Python dict; the
+introduction's claims table has a verdict per finding; its ipywidgets render. Screenshots of the
 Listening pages and of the explorer go to `_build/screenshots/` (the CI artifact folder).
 """
 
@@ -61,13 +63,34 @@ AUDIO_METADATA_JS = """async (timeoutMs) => {
   });
   return Promise.all(players.map(ready));
 }"""
-# Decodes an <audio> element's own source with Web Audio: its duration in seconds.
-AUDIO_DECODE_JS = """async (audio) => {
-  const src = audio.currentSrc || audio.querySelector("source")?.src || audio.src;
-  const bytes = await (await fetch(src)).arrayBuffer();
-  const decoded = await new OfflineAudioContext(1, 1, 44100).decodeAudioData(bytes);
-  return decoded.duration;
+# Decodes every <audio> element's own source with Web Audio: per player its duration in
+# seconds and the peak and RMS of its first channel in dBFS.
+AUDIO_LEVELS_JS = """async () => {
+  const levels = [];
+  for (const audio of document.querySelectorAll("audio")) {
+    const src = audio.currentSrc || audio.querySelector("source")?.src || audio.src;
+    const bytes = await (await fetch(src)).arrayBuffer();
+    const decoded = await new OfflineAudioContext(1, 1, 44100).decodeAudioData(bytes);
+    const samples = decoded.getChannelData(0);
+    let peak = 0, energy = 0;
+    for (const x of samples) { peak = Math.max(peak, Math.abs(x)); energy += x * x; }
+    const db = (v) => 20 * Math.log10(Math.max(v, 1e-12));
+    const caption = audio.closest("figure, div")?.innerText?.slice(0, 60) || "";
+    levels.push({duration: decoded.duration, peak: db(peak),
+                 rms: db(Math.sqrt(energy / Math.max(samples.length, 1))), caption});
+  }
+  return levels;
 }"""
+# Every player is normalised to a -3 dBFS peak (hearproto.viz.PLAYER_PEAK_DBFS); MP3 coding
+# moves a peak by a fraction of a dB. A sound at this RMS or below is heard as silence.
+PLAYER_PEAK_RANGE_DBFS = (-6.0, 0.0)
+AUDIBLE_RMS_DBFS = -40.0
+# What a regression check or a stray print leaves on a page: a line ending in True or False,
+# or a Python dict written into the text.
+CHECK_LINE = re.compile(r"(^|:\s)(True|False)\s*$", re.M)
+RAW_DICT = re.compile(r"\{'[^'\n]{1,40}': ")
+OUTPUTS_TEXT_JS = """() => [...document.querySelectorAll(".cell_output")]
+  .map((output) => output.innerText).join("\\n")"""
 WIDGETS_RENDERED_JS = f"""() => [...document.querySelectorAll('{WIDGET_VIEW}')]
   .every((view) => view.parentElement.querySelector('{RENDERED_WIDGET}') !== null)"""
 
@@ -258,10 +281,40 @@ def test_page_loads_offline_and_plays(visit, built_book, name):
                   or not math.isfinite(p["duration"]) or p["duration"] <= 0]
         assert not silent, (
             f"{len(silent)} of {len(players)} players on {name} did not load: {silent[:5]}")
-        assert page.locator("audio").first.evaluate(AUDIO_DECODE_JS) > 0
+        levels = page.evaluate(AUDIO_LEVELS_JS)
+        low, high = PLAYER_PEAK_RANGE_DBFS
+        wrong = [p for p in levels if not (p["duration"] > 0 and low <= p["peak"] <= high
+                                           and p["rms"] > AUDIBLE_RMS_DBFS)]
+        assert not wrong, (f"{len(wrong)} of {len(levels)} players on {name} are not at a "
+                           f"{low:g} to {high:g} dBFS peak, or are quieter than "
+                           f"{AUDIBLE_RMS_DBFS:g} dBFS RMS: {wrong[:5]}")
+
+    shown = page.evaluate(OUTPUTS_TEXT_JS)
+    for pattern, what in ((CHECK_LINE, "a check line"), (RAW_DICT, "a Python dict")):
+        found = pattern.search(shown)
+        assert not found, f"{name} shows {what}: {shown[max(0, found.start() - 80):found.end() + 40]!r}"
 
     if any(fnmatch.fnmatch(name, pattern) for pattern in LISTENING_PAGES):
         opened.screenshot(name)
+    opened.check()
+
+
+def test_the_claims_table_renders_with_a_verdict_per_finding(visit):
+    from hearproto.runner.claims import FINDINGS
+
+    opened = visit("intro")
+    tables = opened.page.locator("table")
+    claims = [tables.nth(i) for i in range(tables.count())
+              if FINDINGS[0][1] in tables.nth(i).inner_text()]
+    assert len(claims) == 1, "intro.html: no claims table (or more than one)"
+    rows = claims[0].locator("tbody tr")
+    assert rows.count() == len(FINDINGS)
+    for i, (_, finding) in enumerate(FINDINGS):
+        cells = rows.nth(i).locator("td")
+        assert cells.nth(0).inner_text().strip() == finding
+        verdicts = [cells.nth(j).inner_text() for j in range(1, cells.count())]
+        assert verdicts and all(v.startswith(("✓ holds", "✗ does not hold", "· not measured"))
+                                for v in verdicts), verdicts
     opened.check()
 
 

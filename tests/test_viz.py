@@ -12,6 +12,7 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 
 from hearproto.frontend import LogMel
@@ -31,14 +32,43 @@ def test_mp3_player_keeps_pitch_and_length_and_is_deterministic():
     player = audio_player(wave, sr, title="A <440>")
     html = player._repr_html_()
     samples, rate, mimetype = decode(html)
-    assert mimetype == "audio/mpeg" and rate == sr
-    assert abs(len(samples) - sr) < 0.1 * sr
-    peak = np.fft.rfftfreq(len(samples), 1 / sr)[np.abs(np.fft.rfft(samples)).argmax()]
+    assert mimetype == "audio/mpeg" and rate == 2 * sr  # MP3_MIN_RATE
+    assert abs(len(samples) - rate) < 0.1 * rate
+    peak = np.fft.rfftfreq(len(samples), 1 / rate)[np.abs(np.fft.rfft(samples)).argmax()]
     assert abs(peak - 440) < 3
     assert abs(20 * np.log10(np.abs(samples).max()) - PLAYER_PEAK_DBFS) < 0.6
     assert "A &lt;440&gt;" in html and "<440>" not in html
     assert audio_player(wave, sr, title="A <440>")._repr_html_() == html
     assert len(player.data) < 0.2 * 2 * sr  # far smaller than 16-bit WAV
+
+
+def test_mp3_player_keeps_the_top_band():
+    """Noise above 7 kHz at 16 kHz (what a high filter leaves): LAME alone would low-pass it
+    near 6.5 kHz and lose 6 dB of it; the player keeps its level within 2 dB."""
+    sr = 16_000
+    noise = np.random.default_rng(0).standard_normal(2 * sr)
+    b, a = scipy.signal.butter(6, 7000 / (sr / 2), "high")
+    wave = scipy.signal.lfilter(b, a, noise)
+    samples, rate, _ = decode(audio_player(wave, sr)._repr_html_())
+    expected = wave * 10 ** (PLAYER_PEAK_DBFS / 20) / np.abs(wave).max()
+    rms_db = [10 * np.log10(np.mean(x ** 2)) for x in (samples, expected)]
+    assert rate == 2 * sr and abs(rms_db[0] - rms_db[1]) < 2.0, rms_db
+    assert abs(peak_dbfs(samples) - PLAYER_PEAK_DBFS) < 1.0
+
+
+def test_a_sound_mp3_would_cut_plays_as_wav():
+    """Noise above 17 kHz at 44.1 kHz: LAME low-passes it away, so the player is exact WAV;
+    a tone at the same rate stays MP3."""
+    sr = 44_100
+    noise = np.random.default_rng(0).standard_normal(sr)
+    b, a = scipy.signal.butter(8, 17_000 / (sr / 2), "high")
+    wave = scipy.signal.lfilter(b, a, noise)
+    samples, rate, mimetype = decode(audio_player(wave, sr)._repr_html_())
+    assert mimetype == "audio/wav" and rate == sr
+    expected = wave * 10 ** (PLAYER_PEAK_DBFS / 20) / np.abs(wave).max()
+    np.testing.assert_allclose(samples, expected, atol=1 / 32767)
+    tone = 0.2 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)
+    assert decode(audio_player(tone, sr)._repr_html_())[2] == "audio/mpeg"
 
 
 def test_wav_player_is_exact():
