@@ -149,6 +149,14 @@ def _energy_change_db(samples: np.ndarray, encoded: bytes) -> float:
     return abs(10 * np.log10(after / before))
 
 
+def _player_samples(samples: np.ndarray, normalize: bool) -> np.ndarray:
+    """``samples`` scaled to a :data:`PLAYER_PEAK_DBFS` peak (with ``normalize``), clipped to
+    [-1, 1], as float32."""
+    if normalize and np.abs(samples).max() > 0:
+        samples = samples * (10 ** (PLAYER_PEAK_DBFS / 20) / np.abs(samples).max())
+    return np.clip(samples, -1, 1).astype(np.float32)
+
+
 def audio_player(
     wave, sample_rate: int, title: str | None = None, normalize: bool = True,
     compressed: bool = True, level_db: float | None = None,
@@ -159,19 +167,17 @@ def audio_player(
     than :data:`MP3_MAX_LEVEL_CHANGE_DB`. ``normalize`` scales the peak
     to :data:`PLAYER_PEAK_DBFS`; ``level_db`` is a true level to show beside it."""
     samples = _to_numpy(wave).astype(np.float64).reshape(-1)
-    factor = -(-MP3_MIN_RATE // sample_rate) if compressed else 1
-    if factor > 1:
-        samples = scipy.signal.resample_poly(samples, factor, 1)
-    if normalize and np.abs(samples).max() > 0:
-        samples = samples * (10 ** (PLAYER_PEAK_DBFS / 20) / np.abs(samples).max())
-    samples = np.clip(samples, -1, 1).astype(np.float32)
-    buffer = io.BytesIO()
     if compressed:
-        sf.write(buffer, samples, sample_rate * factor, format="MP3")
-        if _energy_change_db(samples, buffer.getvalue()) <= MP3_MAX_LEVEL_CHANGE_DB:
-            return AudioPlayer(buffer.getvalue(), "audio/mpeg", title, level_db)
+        factor = -(-MP3_MIN_RATE // sample_rate)
+        upsampled = scipy.signal.resample_poly(samples, factor, 1) if factor > 1 else samples
+        upsampled = _player_samples(upsampled, normalize)
         buffer = io.BytesIO()
-    sf.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+        sf.write(buffer, upsampled, sample_rate * factor, format="MP3")
+        if _energy_change_db(upsampled, buffer.getvalue()) <= MP3_MAX_LEVEL_CHANGE_DB:
+            return AudioPlayer(buffer.getvalue(), "audio/mpeg", title, level_db)
+    buffer = io.BytesIO()
+    sf.write(buffer, _player_samples(samples, normalize), sample_rate, format="WAV",
+             subtype="PCM_16")
     return AudioPlayer(buffer.getvalue(), "audio/wav", title, level_db)
 
 

@@ -15,6 +15,7 @@ import pytest
 import scipy.signal
 import soundfile as sf
 
+from hearproto import viz
 from hearproto.frontend import LogMel
 from hearproto.viz import (PLAYER_PEAK_DBFS, audio_player, leveled_players, peak_dbfs, show_frame,
                            show_logmel)
@@ -69,6 +70,17 @@ def test_a_sound_mp3_would_cut_plays_as_wav():
     np.testing.assert_allclose(samples, expected, atol=1 / 32767)
     tone = 0.2 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)
     assert decode(audio_player(tone, sr)._repr_html_())[2] == "audio/mpeg"
+
+
+def test_the_wav_fallback_keeps_the_sounds_own_rate(monkeypatch):
+    """A 16 kHz sound is upsampled for MP3; should it fall back to WAV (forced here), the WAV
+    holds the sound itself at 16 kHz, not the upsampled samples."""
+    monkeypatch.setattr(viz, "MP3_MAX_LEVEL_CHANGE_DB", -1.0)
+    sr = 16_000
+    wave = 0.2 * np.sin(2 * np.pi * 440 * np.arange(sr // 2) / sr)
+    samples, rate, mimetype = decode(audio_player(wave, sr)._repr_html_())
+    assert mimetype == "audio/wav" and rate == sr and len(samples) == len(wave)
+    np.testing.assert_allclose(samples, wave * 10 ** (PLAYER_PEAK_DBFS / 20) / 0.2, atol=2 / 32767)
 
 
 def test_wav_player_is_exact():
