@@ -15,6 +15,7 @@ figures below, measured side by side on our machines (``anchor_*``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import subprocess
@@ -35,6 +36,8 @@ SHAPES = {"sol": (33, 256, "instruments"), "librispeech": (128, 192, "speakers")
 ANCHORS = {("cpu", "sol", 16): (10.75, 1.58), ("cpu", "librispeech", 16): (4.06, 3.22),
            ("cpu", "sol", 128): (6.0, 8.9), ("cpu", "librispeech", 64): (2.4, 11.2),
            ("cuda", "sol", 128): (1442.0, 8.4), ("cuda", "librispeech", 128): (1105.0, 21.3)}
+#: bench_step's malloc settings.
+MALLOCS = ("retain", "system")
 #: Our shape names -> refbench.py's.
 REFERENCE_SHAPES = {"sol": "sol", "librispeech": "libri"}
 
@@ -49,10 +52,13 @@ def _peak_rss_bytes() -> int:
 
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
                k_chunk: int = TrainConfig.k_chunk, bf16: bool = False, threads: int | None = None,
-               compiled: bool = True, kernel: str = "fused", profile: int = 0) -> dict:
+               compiled: bool = True, kernel: str = "fused", profile: int = 0,
+               malloc: str = "retain") -> dict:
     """Time ``repeats`` training steps (after one warm-up) in this process. ``kernel``:
     ``fused`` (:mod:`hearproto.kernels`) or ``torch`` (chunks of tensor operations,
-    ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``). ``profile``
+    ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``). ``malloc``:
+    ``retain`` (freed memory is reused, as training does on the CPU:
+    :func:`hearproto.memory.retain_freed_memory`) or ``system`` (glibc's default). ``profile``
     > 0 adds the ``profile`` operations that take the most time over two more steps
     (torch.profiler; device time on CUDA), as ``[name, ms per step, calls per step]``."""
     from hearproto.frontend import PRESETS
@@ -60,11 +66,16 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
     from hearproto.training.losses import loss_from_errors
 
+    from hearproto.memory import retain_freed_memory
+
     if threads:
         torch.set_num_threads(threads)
     k, t, preset = SHAPES[shape]
     torch.manual_seed(0)
     dev = torch.device(device)
+    if malloc not in MALLOCS:
+        raise ValueError(f"unknown malloc {malloc!r}; choose from {', '.join(MALLOCS)}")
+    retained = dev.type == "cpu" and malloc == "retain" and retain_freed_memory()
     model = PrototypeModel(k, PRESETS[preset]).to(dev)
     for name in TRANSFORMATIONS:
         model.activate(name)
@@ -102,7 +113,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     result = {"shape": shape, "K": k, "T": t, "F": 128, "batch_size": batch_size,
               "device": device, "kernel": kernel, "bf16": bf16, "k_chunk": k_chunk,
               "compiled": compiled and kernel == "torch",
-              "threads": torch.get_num_threads(),
+              "threads": torch.get_num_threads(), "malloc": "retain" if retained else "system",
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
     if profile:
@@ -181,14 +192,19 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
                    bf16: bool = False, threads: int | None = None, compiled: bool = True,
                    kernels: list[str] | None = None, reference: str | Path | None = None,
                    reference_python: str | None = None,
-                   refbench: str | Path | None = None, profile: int = 0) -> dict:
-    """Every (shape, batch size, kernel), each in a fresh subprocess, the kernels side by side
-    (default: fused and torch), and the authors' code when ``reference`` names its checkout.
-    Returns a JSON-ready dict."""
+                   refbench: str | Path | None = None, profile: int = 0,
+                   mallocs: list[str] | None = None) -> dict:
+    """Every (shape, batch size, kernel, malloc), each in a fresh subprocess, the kernels side
+    by side (default: fused and torch; ``mallocs`` default: retain), and the authors' code when
+    ``reference`` names its checkout. Returns a JSON-ready dict."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes, batch_sizes = shapes or list(SHAPES), batch_sizes or [16, 128]
     kernels = kernels or ["fused", "torch"]
+    mallocs = mallocs or ["retain"]
+    for malloc in mallocs:
+        if malloc not in MALLOCS:
+            raise ValueError(f"unknown malloc {malloc!r}; choose from {', '.join(MALLOCS)}")
     for shape in shapes:
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
@@ -200,17 +216,17 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
     results = []
     for shape in shapes:
         for batch_size in batch_sizes:
-            for kernel in kernels:
+            for kernel, malloc in itertools.product(kernels, mallocs):
                 arguments = {"shape": shape, "batch_size": batch_size, "device": device,
                              "repeats": repeats, "k_chunk": k_chunk, "bf16": bf16,
                              "threads": threads, "compiled": compiled, "kernel": kernel,
-                             "profile": profile}
+                             "profile": profile, "malloc": malloc}
                 command = [sys.executable, "-m", "hearproto.bench", "--one",
                            json.dumps(arguments)]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
-                    raise RuntimeError(f"benchmark {shape} B={batch_size} ({kernel}) failed:\n"
-                                       f"{done.stderr[-2000:]}")
+                    raise RuntimeError(f"benchmark {shape} B={batch_size} ({kernel}, malloc "
+                                       f"{malloc}) failed:\n{done.stderr[-2000:]}")
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 theirs = measured.get((shape, batch_size))
                 if theirs is not None:
@@ -230,7 +246,7 @@ def format_table(report: dict) -> str:
                                 for r in report["results"]) else "anchor"
     lines = [f"{report['device']} ({report['device_name']}), torch {report['torch']}; "
              f"authors' code: {'measured in this run' if source == 'reference' else 'anchor figures (ANCHORS)'}",
-             f"{'shape':12} {'B':>4} {'kernel':>6} {'s/step':>8} {'clips/s':>8} {'peak GB':>8} "
+             f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'s/step':>8} {'clips/s':>8} {'peak GB':>8} "
              f"{'authors clips/s, GB':>20} {'speed-up':>8}"]
     for r in report["results"]:
         authors, ratio = "", ""
@@ -241,6 +257,7 @@ def format_table(report: dict) -> str:
         elif f"{source}_error" in r:
             authors = r[f"{source}_error"][:20]
         lines.append(f"{r['shape']:12} {r['batch_size']:>4} {r.get('kernel', ''):>6} "
+                     f"{r.get('malloc', ''):>6} "
                      f"{r['seconds_per_step']:>8.3f} "
                      f"{r['clips_per_second']:>8.1f} {r['peak_memory_gb']:>8.2f} {authors:>20} "
                      f"{ratio:>8}")

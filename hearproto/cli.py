@@ -381,7 +381,8 @@ def _bench(args: argparse.Namespace) -> int:
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
         repeats=args.repeats, k_chunk=args.k_chunk, bf16=args.bf16, threads=args.threads,
         compiled=not args.no_compile, kernels=args.kernels.split(","), reference=args.reference,
-        reference_python=args.reference_python, refbench=args.refbench, profile=args.profile)
+        reference_python=args.reference_python, refbench=args.refbench, profile=args.profile,
+        mallocs=args.malloc.split(","))
     print(json.dumps(report, indent=1) if args.json else format_table(report))
     return 0
 
@@ -542,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--kernels", default="fused,torch",
                        help="reconstruction errors to time side by side: fused (C on CPU, "
                        "Triton on CUDA) and/or torch (default: fused,torch)")
+    bench.add_argument("--malloc", default="retain",
+                       help="on the CPU, comma-separated: retain (freed memory is reused, as "
+                       "training does) and/or system (glibc's default, a fresh mapping for "
+                       "every large tensor) (default: retain)")
     bench.add_argument("--reference", metavar="DIR",
                        help="a checkout of the authors' repository: time their training step "
                        "in the same run (refbench.py)")

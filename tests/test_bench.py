@@ -62,3 +62,13 @@ def test_reference_figures_are_merged_by_shape_and_batch(tmp_path, capsys):
     assert "not a checkout of the authors' repository" in capsys.readouterr().err
     assert cli.main(["bench", "--reference", str(checkout)]) == 2  # and no refbench.py
     assert "pass its path as refbench" in capsys.readouterr().err
+
+
+def test_bench_times_both_mallocs_side_by_side(capsys):
+    """--malloc retain,system: one row each, in their own processes, retain (as training runs
+    on the CPU) first."""
+    assert cli.main(["bench", "--shapes", "sol", "--batch-sizes", "2", "--repeats", "1",
+                     "--kernels", "fused", "--malloc", "retain,system", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["kernel"], r["malloc"]) for r in rows] == [("fused", "retain"), ("fused", "system")]
+    assert cli.main(["bench", "--shapes", "sol", "--malloc", "tcmalloc"]) == 2

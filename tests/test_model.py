@@ -246,3 +246,52 @@ def test_recalibrated_norms_match_the_data_and_evaluation_matches_training():
     torch.testing.assert_close(evaluated, trained, rtol=0.05, atol=1e-5)
     with pytest.raises(ValueError, match="at least one batch"):
         model.recalibrate_norms([])
+
+
+def _pool_and_reference(dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """frequency_pool's output and gradients, and those of the convolution it stands for."""
+    from hearproto.model import frequency_pool
+
+    torch.manual_seed(0)
+    pool = torch.nn.Conv2d(3, 2, (1, 12)).to(dtype)
+    h = torch.randn(4, 3, 10, 12, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(4, 2, 10, dtype=dtype)
+    results = []
+    for fn in (lambda: frequency_pool(h, pool), lambda: pool(h).squeeze(-1)):
+        out = fn()
+        results.append([out, *torch.autograd.grad(out, (h, pool.weight, pool.bias), grad_out)])
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_frequency_pool_is_the_convolution_it_replaces(dtype):
+    ours, reference = _pool_and_reference(dtype)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    for name, a, b in zip(("output", "dh", "dweight", "dbias"), ours, reference):
+        torch.testing.assert_close(a, b, **tolerance, msg=lambda m: f"{name}: {m}")
+
+
+def test_frequency_pool_gradients_pass_gradcheck():
+    from hearproto.model import _FrequencyPool
+
+    torch.manual_seed(0)
+    h = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_FrequencyPool.apply, (h, weight))
+
+
+def test_frequency_pool_under_bf16_autocast_gives_float32_gradients():
+    from hearproto.model import frequency_pool
+
+    torch.manual_seed(0)
+    pool = torch.nn.Conv2d(3, 2, (1, 12))
+    h = torch.randn(4, 3, 10, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = frequency_pool(h, pool)
+    dh, dweight = torch.autograd.grad(out.float().square().sum(), (h, pool.weight))
+    reference = pool(h).squeeze(-1)
+    rh, rweight = torch.autograd.grad(reference.square().sum(), (h, pool.weight))
+    assert dh.dtype == dweight.dtype == torch.float32
+    torch.testing.assert_close(out.float(), reference, rtol=0.02, atol=0.05)
+    torch.testing.assert_close(dweight, rweight, rtol=0.05, atol=0.5)
+    torch.testing.assert_close(dh, rh, rtol=0.05, atol=0.1)

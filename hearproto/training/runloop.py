@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from hearproto.data import prepare_dataset
 from hearproto.errors import CheckpointError, DatasetError, RunLocked, TrainingDiverged
 from hearproto.files import atomic_path
+from hearproto.memory import retain_freed_memory
 from hearproto.provenance import git_commit
 from hearproto.training.checkpoints import check_resume, restore_rng, save_checkpoint
 from hearproto.training.config import RunConfig, resolve_device
@@ -79,6 +80,8 @@ class RunLoop:
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
+        if self.device.type == "cpu":
+            retain_freed_memory()
         torch.manual_seed(config.seed)  # the networks' initial weights
         self.data = data = prepare_dataset(
             config.dataset, root=config.root, limit_per_class=config.limit_per_class,
