@@ -21,6 +21,7 @@ from torch.nn import functional as nnf
 from hearproto.frontend import FrontEnd
 from hearproto.clustering import cepstral_clusters, pitch_invariant_kmeans
 from hearproto.kernels import reconstruction_error
+from hearproto.kernels.encoder import first_level, first_level_applies
 from hearproto.transforms import (MelBins, filter_params_from_raw, gain_from_raw, mel_bin_constants, pitch_from_raw, reconstruct)
 
 __all__ = ["BETA_PARAMETRISATIONS", "UNSUPERVISED_INITS", "TRANSFORMATIONS", "PrototypeModel",
@@ -107,9 +108,16 @@ class Encoder(nn.Module):
                                     DECODER_CHANNELS, True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h = (2 * x - 1).unsqueeze(1)  # (B, 1, T, F), values ~[-1, 1]
-        skips = []
-        for level, pool, down in zip(self.levels, self.pools, self.downs):
+        h = 2 * x - 1  # (B, T, F), values ~[-1, 1]
+        skips, first = [], 0
+        conv, _, norm = self.levels[0]
+        if first_level_applies(h, conv, norm):  # the same numbers, fused (docs/kernels.md)
+            skip, h = first_level(h, conv, norm, self.pools[0], self.downs[0][0])
+            skips.append(skip)
+            h, first = self.downs[0][2](self.downs[0][1](h)), 1
+        else:
+            h = h.unsqueeze(1)  # (B, 1, T, F)
+        for level, pool, down in list(zip(self.levels, self.pools, self.downs))[first:]:
             h = level(h)
             skips.append(frequency_pool(h, pool))  # (B, 2, T / 2^i)
             h = down(h)

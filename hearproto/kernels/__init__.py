@@ -10,6 +10,9 @@ backward pass, and the torch path where none applies (:mod:`hearproto.kernels.ch
 where it returns None: float64 inputs (kept exact, for gradient
 checks), inputs ``x`` that need a gradient, on the CPU non-finite parameters or filter cutoffs
 beyond ±3, or no kernel on this device. ``HEARPROTO_KERNEL=torch`` (or :func:`use_backend`) turns the fused path off.
+
+The encoder's first level has a CPU kernel of its own (:mod:`hearproto.kernels.encoder`),
+which the same switch turns off.
 """
 
 from __future__ import annotations

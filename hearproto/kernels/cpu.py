@@ -23,16 +23,17 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "FusedError", "SOURCE", "build_library"]
+__all__ = ["available", "FusedError", "SOURCE", "build_library", "load_library"]
 
 SOURCE = Path(__file__).with_name("reconstruction_error.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 
-_LIBRARY: list = []  # [ctypes.CDLL] once loaded, [None] once it failed
+_LIBRARIES: dict[Path, ctypes.CDLL | None] = {}  # None once a build or load failed
 
 
 def _cache_dir() -> Path:
@@ -60,47 +61,56 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
-def build_library(directory: Path | None = None) -> Path:
-    """Compile the C source (if this exact build is not cached) and return the library's path.
-    Raises ``RuntimeError`` with the compiler's message on failure."""
+def build_library(directory: Path | None = None, source: Path = SOURCE) -> Path:
+    """Compile the C ``source`` (if this exact build is not cached) and return the library's
+    path. Raises ``RuntimeError`` with the compiler's message on failure."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,
+    key = hashlib.sha256("\0".join([source.read_text(), " ".join(FLAGS), version,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     directory = directory or _cache_dir()
-    target = directory / f"reconstruction_error-{key}.so"
+    target = directory / f"{source.stem}-{key}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         built = Path(scratch) / target.name
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built), "-lm"],
                               capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE.name}: {done.stderr.strip()[:500]}")
+            raise RuntimeError(f"{compiler} failed on {source.name}: {done.stderr.strip()[:500]}")
         os.replace(built, target)  # atomic: a concurrent build writes the same file
     return target
 
 
-def _load() -> ctypes.CDLL | None:
-    if not _LIBRARY:
+def load_library(source: Path, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """The library built from ``source`` (built on first use), its functions typed by
+    ``declare``; None, after one warning, where it cannot be built or loaded."""
+    if source not in _LIBRARIES:
         try:
-            library = ctypes.CDLL(str(build_library()))
-        except (RuntimeError, OSError) as err:
-            warnings.warn(f"the fused CPU reconstruction error is unavailable ({err}); "
+            library = ctypes.CDLL(str(build_library(source=source)))
+            declare(library)
+        except (RuntimeError, OSError, AttributeError) as err:
+            warnings.warn(f"the fused CPU kernel {source.name} is unavailable ({err}); "
                           "using the torch path", stacklevel=3)
-            _LIBRARY.append(None)
-            return None
-        p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-        common = [p, p, i64, p, p, p, p, p, p, f32, i64, i64, i64, i64, i32]
-        library.hp_error_forward.argtypes = [*common, p]
-        library.hp_error_forward.restype = None
-        library.hp_error_backward.argtypes = [*common, p, p, p, p, p]
-        library.hp_error_backward.restype = None
-        _LIBRARY.append(library)
-    return _LIBRARY[0]
+            library = None
+        _LIBRARIES[source] = library
+    return _LIBRARIES[source]
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    common = [p, p, i64, p, p, p, p, p, p, f32, i64, i64, i64, i64, i32]
+    library.hp_error_forward.argtypes = [*common, p]
+    library.hp_error_forward.restype = None
+    library.hp_error_backward.argtypes = [*common, p, p, p, p, p]
+    library.hp_error_backward.restype = None
+
+
+def _load() -> ctypes.CDLL | None:
+    return load_library(SOURCE, _declare)
 
 
 def available() -> bool:
