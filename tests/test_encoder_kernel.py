@@ -112,11 +112,10 @@ def test_the_fused_level_is_used_where_it_applies_only(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not first_level_applies(x.detach(), conv, norm)
     calls = []
-    monkeypatch.setattr("hearproto.model.first_level",
-                        lambda *args: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr("hearproto.model.first_level", lambda *args: calls.append(args))
     with use_backend("torch"):
         encoder(x.detach())
-    assert not calls
+    assert not calls  # the modules ran (the stand-in would have returned None and failed)
 
 
 def test_without_a_compiler_the_modules_run(tmp_path, monkeypatch):
