@@ -6,8 +6,8 @@ the stride-2 convolution down, each writing and reading (B, 8, T, F) maps (32 Mi
 forward and backward. :func:`first_level` computes the pool and the convolution down in two
 passes that recompute the 3 x 3 neighbourhoods instead of storing any such map, and its
 backward pass in two more (docs/kernels.md, "The encoder's first level"). The numbers are
-those of the modules (tests/test_kernels.py compares outputs, running statistics and every
-gradient with them in float64).
+those of the modules (tests/test_encoder_kernel.py compares outputs, running statistics and
+every gradient with them in float64).
 """
 
 from __future__ import annotations
@@ -130,13 +130,13 @@ class _FirstLevel(torch.autograd.Function):
             x.data_ptr(), w0.data_ptr(), b0.data_ptr(), a.data_ptr(), shift.data_ptr(),
             pw.data_ptr(), pb.data_ptr(), wd.data_ptr(), bd.data_ptr(), batch, frames, n_bins,
             torch.get_num_threads(), skip.data_ptr(), down.data_ptr())
-        ctx.save_for_backward(x, w0, b0, gamma, pw, wd, mean, invstd, a, shift)
+        ctx.save_for_backward(x, w0, b0, pw, wd, mean, invstd, a, shift)
         ctx.batch_statistics = batch_statistics
         return skip, down
 
     @staticmethod
     def backward(ctx, grad_skip, grad_down):
-        x, w0, b0, gamma, pw, wd, mean, invstd, a, shift = ctx.saved_tensors
+        x, w0, b0, pw, wd, mean, invstd, a, shift = ctx.saved_tensors
         batch, frames, n_bins = x.shape
         grad_skip = (torch.zeros(batch, SKIP_CHANNELS, frames) if grad_skip is None
                      else grad_skip.float().contiguous())
