@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from hearproto.memory import MALLOC_CHOICES, retain_freed_memory
 from hearproto.training.config import RECIPES, TrainConfig
 
 __all__ = ["SHAPES", "ANCHORS", "run_benchmarks", "bench_step", "reference_benchmarks"]
@@ -36,8 +37,6 @@ SHAPES = {"sol": (33, 256, "instruments"), "librispeech": (128, 192, "speakers")
 ANCHORS = {("cpu", "sol", 16): (10.75, 1.58), ("cpu", "librispeech", 16): (4.06, 3.22),
            ("cpu", "sol", 128): (6.0, 8.9), ("cpu", "librispeech", 64): (2.4, 11.2),
            ("cuda", "sol", 128): (1442.0, 8.4), ("cuda", "librispeech", 128): (1105.0, 21.3)}
-#: bench_step's malloc settings.
-MALLOCS = ("retain", "system")
 #: Our shape names -> refbench.py's.
 REFERENCE_SHAPES = {"sol": "sol", "librispeech": "libri"}
 
@@ -66,15 +65,14 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
     from hearproto.training.losses import loss_from_errors
 
-    from hearproto.memory import retain_freed_memory
-
     if threads:
         torch.set_num_threads(threads)
     k, t, preset = SHAPES[shape]
     torch.manual_seed(0)
     dev = torch.device(device)
-    if malloc not in MALLOCS:
-        raise ValueError(f"unknown malloc {malloc!r}; choose from {', '.join(MALLOCS)}")
+    if malloc not in MALLOC_CHOICES:
+        raise ValueError(f"unknown malloc {malloc!r}; choose from "
+                         f"{', '.join(MALLOC_CHOICES)}")
     retained = dev.type == "cpu" and malloc == "retain" and retain_freed_memory()
     model = PrototypeModel(k, PRESETS[preset]).to(dev)
     for name in TRANSFORMATIONS:
@@ -203,8 +201,9 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
     kernels = kernels or ["fused", "torch"]
     mallocs = mallocs or ["retain"]
     for malloc in mallocs:
-        if malloc not in MALLOCS:
-            raise ValueError(f"unknown malloc {malloc!r}; choose from {', '.join(MALLOCS)}")
+        if malloc not in MALLOC_CHOICES:
+            raise ValueError(f"unknown malloc {malloc!r}; choose from "
+                         f"{', '.join(MALLOC_CHOICES)}")
     for shape in shapes:
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
@@ -246,7 +245,8 @@ def format_table(report: dict) -> str:
                                 for r in report["results"]) else "anchor"
     lines = [f"{report['device']} ({report['device_name']}), torch {report['torch']}; "
              f"authors' code: {'measured in this run' if source == 'reference' else 'anchor figures (ANCHORS)'}",
-             f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'s/step':>8} {'clips/s':>8} {'peak GB':>8} "
+             f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'s/step':>8} {'clips/s':>8} "
+             f"{'peak GB':>8} "
              f"{'authors clips/s, GB':>20} {'speed-up':>8}"]
     for r in report["results"]:
         authors, ratio = "", ""

@@ -2,9 +2,9 @@
 
 glibc's ``malloc`` serves an allocation above its threshold (128 KiB at first, raised as
 mapped blocks are freed, never above 32 MiB) by a fresh ``mmap`` and returns it with
-``munmap`` when it is freed. A training step on the CPU allocates and frees tensors of that size dozens of
-times (the encoder's first level at B = 32 is a 32 MiB map), and every page of every fresh
-mapping is faulted in and zeroed by the kernel: on our 2-core machines a third of a
+``munmap`` when it is freed. A training step on the CPU allocates and frees tensors of that
+size dozens of times (the encoder's first level at B = 32 is a 32 MiB map), and every page of
+every fresh mapping is faulted in and zeroed by the kernel: on our 2-core machines a third of a
 step's time was spent in the kernel (37 s of system time in 80 s). :func:`retain_freed_memory`
 turns the mappings off and raises the trim threshold, so that freed memory is reused;
 the process keeps its peak footprint until it exits (docs/kernels.md, "Freed memory").
@@ -17,7 +17,11 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["retain_freed_memory", "MALLOC_CHOICES"]
+
+#: ``HEARPROTO_MALLOC``'s values (and ``hearproto bench --malloc``'s): freed memory kept, or
+#: glibc's default.
+MALLOC_CHOICES = ("retain", "system")
 
 # mallopt's parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -36,8 +40,8 @@ def retain_freed_memory() -> bool:
     if _applied:
         return True
     choice = os.environ.get("HEARPROTO_MALLOC", "retain")
-    if choice not in ("retain", "system"):
-        raise ValueError(f"HEARPROTO_MALLOC must be retain or system, got {choice!r}")
+    if choice not in MALLOC_CHOICES:
+        raise ValueError(f"HEARPROTO_MALLOC must be {' or '.join(MALLOC_CHOICES)}, got {choice!r}")
     if choice == "system":
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
