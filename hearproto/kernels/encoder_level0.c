@@ -92,8 +92,7 @@ void hp_level0_stats(const float *restrict x, const float *restrict w0,
     }
 }
 
-/* h of rows 2 t2 and 2 t2 + 1, split into even and odd bins: he[k][c][j] = h at f = 2 j,
- * ho at f = 2 j + 1; xh (the normalised r, before gamma) likewise when wanted. */
+/* y and h = a relu(y) + shift of rows 2 t2 and 2 t2 + 1 (k = 0, 1). */
 static inline void h_rows(const float *restrict x, i64 T, i64 F, i64 b, i64 t2,
                           const float *restrict w0, const float *restrict b0,
                           const float *restrict a, const float *restrict shift,
@@ -124,20 +123,19 @@ void hp_level0_forward(const float *restrict x, const float *restrict w0,
         float(*y)[C][FMAX] = malloc(sizeof(float[2][C][FMAX]));
         float(*pad)[FMAX + 2] = malloc(sizeof(float[3][FMAX + 2]));
         float(*split)[C][FMAX] = malloc(sizeof(float[2][C][FMAX]));
-        float *acc = malloc(sizeof(float[FMAX / 2]));
 #pragma omp for schedule(static)
         for (i64 item = 0; item < B * T2; ++item) {
             const i64 b = item / T2, t2 = item % T2;
             h_rows(x, T, F, b, t2, w0, b0, a, shift, h, y, pad);
             for (int k = 0; k < 2; ++k) {
                 for (int o = 0; o < O; ++o) {
-                    float acc = 0.0f;
+                    float total = 0.0f;
                     for (int c = 0; c < C; ++c) {
                         const float *p = pw + (o * C + c) * F;
-#pragma omp simd reduction(+ : acc)
-                        for (i64 f = 0; f < F; ++f) acc += p[f] * h[k][c][f];
+#pragma omp simd reduction(+ : total)
+                        for (i64 f = 0; f < F; ++f) total += p[f] * h[k][c][f];
                     }
-                    pool[(b * O + o) * T + 2 * t2 + k] = pb[o] + acc;
+                    pool[(b * O + o) * T + 2 * t2 + k] = pb[o] + total;
                 }
             }
             for (int k = 0; k < 2; ++k)  /* even and odd bins apart, for the convolution down */
@@ -150,24 +148,22 @@ void hp_level0_forward(const float *restrict x, const float *restrict w0,
                 }
             for (int co = 0; co < C; ++co) {
                 float *out = d + ((b * C + co) * T2 + t2) * F2;
-                for (i64 j = 0; j < F2; ++j) acc[j] = bd[co];
+                for (i64 j = 0; j < F2; ++j) out[j] = bd[co];
                 for (int ci = 0; ci < C; ++ci) {
                     const float *w = wd + (co * C + ci) * 4;
                     for (int k = 0; k < 2; ++k) {
                         const float w_even = w[2 * k], w_odd = w[2 * k + 1];
                         const float *he = split[k][ci], *ho = split[k][ci] + F2;
 #pragma omp simd
-                        for (i64 j = 0; j < F2; ++j) acc[j] += w_even * he[j] + w_odd * ho[j];
+                        for (i64 j = 0; j < F2; ++j) out[j] += w_even * he[j] + w_odd * ho[j];
                     }
                 }
-                memcpy(out, acc, (size_t)F2 * sizeof(float));
             }
         }
         free(h);
         free(y);
         free(pad);
         free(split);
-        free(acc);
     }
 }
 
