@@ -1,9 +1,11 @@
 """``hearproto bench``: the speed and memory of one training step at the paper's shapes.
 
 One step = forward (all K reconstructions errors, every transformation active), the supervised
-loss with cross-entropy, backward and an AdamW update, on random log-Mels. Each (shape, batch)
-runs in a fresh subprocess so that its peak memory is its own: on CPU the peak resident set
-size (VmHWM), on CUDA ``torch.cuda.max_memory_allocated``.
+loss with cross-entropy, backward and an AdamW update, on random log-Mels; with ``graphs``,
+recorded once as a CUDA graph and replayed (:mod:`hearproto.training.graphs`). On the CPU each
+row runs in a fresh subprocess so that its peak memory is its own (the peak resident set
+size, VmHWM); on CUDA all rows share one subprocess, which starts CUDA once, and each row's
+peak is ``torch.cuda.max_memory_allocated`` since it began.
 
 The authors' implementation is the yardstick. With ``reference=`` (``--reference DIR``, a
 checkout of their public repository) it is timed in the same run by ``refbench.py`` (the
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from hearproto.errors import SettingError
 from hearproto.memory import MALLOC_CHOICES, retain_freed_memory
 from hearproto.training.config import RECIPES, TrainConfig
 
@@ -52,17 +55,19 @@ def _peak_rss_bytes() -> int:
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
                k_chunk: int = TrainConfig.k_chunk, bf16: bool = False, threads: int | None = None,
                compiled: bool = True, kernel: str = "fused", profile: int = 0,
-               malloc: str = "retain") -> dict:
+               malloc: str = "retain", graphs: bool = False) -> dict:
     """Time ``repeats`` training steps (after one warm-up) in this process. ``kernel``:
     ``fused`` (:mod:`hearproto.kernels`) or ``torch`` (chunks of tensor operations,
     ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``). ``malloc``:
     ``retain`` (freed memory is reused, as training does on the CPU:
     :func:`hearproto.memory.retain_freed_memory`) or ``system`` (glibc's default). ``profile``
     > 0 adds the ``profile`` operations that take the most time over two more steps
-    (torch.profiler; device time on CUDA), as ``[name, ms per step, calls per step]``."""
+    (torch.profiler; device time on CUDA), as ``[name, ms per step, calls per step]``.
+    ``graphs``: the step is recorded as a CUDA graph and replayed (CUDA only)."""
     from hearproto.frontend import PRESETS
     from hearproto.kernels import fused_available, use_backend
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
+    from hearproto.training.graphs import CudaGraph, GraphedStep
     from hearproto.training.losses import loss_from_errors
 
     if threads:
@@ -70,6 +75,8 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     k, t, preset = SHAPES[shape]
     torch.manual_seed(0)
     dev = torch.device(device)
+    if graphs and dev.type != "cuda":
+        raise ValueError(f"graphs=True needs a CUDA device (CUDA graphs), got {device!r}")
     if malloc not in MALLOC_CHOICES:
         raise ValueError(f"unknown malloc {malloc!r}; choose from "
                          f"{', '.join(MALLOC_CHOICES)}")
@@ -79,23 +86,35 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
         model.activate(name)
     # the paper's settings, as the authors' step that the rows are compared with
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPES["paper"]["lr"],
-                                  weight_decay=TrainConfig.weight_decay, fused=True)
+                                  weight_decay=TrainConfig.weight_decay, fused=True,
+                                  capturable=graphs)
     x = torch.rand(batch_size, t, 128, device=dev)
     y = torch.randint(k, (batch_size,), device=dev)
 
     if kernel == "fused" and not fused_available(dev):
         raise RuntimeError(f"no fused kernel on {device} here (see the warning above)")
 
-    def step() -> None:
+    def one_step(x: torch.Tensor, y: torch.Tensor, _key=None) -> torch.Tensor:
+        # no autocast cache: a recorded step must cast the weights each time it runs
         with use_backend(kernel), torch.autocast("cuda", dtype=torch.bfloat16,
-                                                 enabled=bf16 and dev.type == "cuda"):
+                                                 enabled=bf16 and dev.type == "cuda",
+                                                 cache_enabled=False):
             errors = model.errors(x, k_chunk, compiled)[0].float()
         loss = loss_from_errors(errors, y, "supervised", model.beta, TrainConfig.lambda_ce, True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return loss.detach()
 
-    step()
+    graphed = GraphedStep(one_step, dev, graph_type=CudaGraph if graphs else None)
+
+    def step() -> None:
+        graphed(x, y)
+
+    for _ in range(graphed.warmup + 1 if graphs else 1):  # eager steps, then the recording
+        step()
+    if graphs and not graphed.replays:
+        raise RuntimeError(f"the step could not be recorded as a CUDA graph: {graphed.failed}")
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -110,7 +129,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _peak_rss_bytes()
     result = {"shape": shape, "K": k, "T": t, "F": 128, "batch_size": batch_size,
               "device": device, "kernel": kernel, "bf16": bf16, "k_chunk": k_chunk,
-              "compiled": compiled and kernel == "torch",
+              "compiled": compiled and kernel == "torch", "graphs": graphs,
               "threads": torch.get_num_threads(), "malloc": "retain" if retained else "system",
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
@@ -191,15 +210,23 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
                    kernels: list[str] | None = None, reference: str | Path | None = None,
                    reference_python: str | None = None,
                    refbench: str | Path | None = None, profile: int = 0,
-                   mallocs: list[str] | None = None) -> dict:
-    """Every (shape, batch size, kernel, malloc), each in a fresh subprocess, the kernels side
-    by side (default: fused and torch; ``mallocs`` default: retain), and the authors' code when
-    ``reference`` names its checkout. Returns a JSON-ready dict."""
+                   mallocs: list[str] | None = None, graphs: list[bool] | None = None,
+                   separate: bool | None = None) -> dict:
+    """Every (shape, batch size, kernel, malloc, graphs), the kernels side by side (default:
+    fused and torch; ``mallocs`` default: retain; ``graphs`` default: off), and the authors'
+    code when ``reference`` names its checkout. ``separate``: each row in a fresh subprocess
+    (default on the CPU, where a row's peak memory is its process's); else all rows in one
+    (default on CUDA: CUDA starts once). Returns a JSON-ready dict."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes, batch_sizes = shapes or list(SHAPES), batch_sizes or [16, 128]
     kernels = kernels or ["fused", "torch"]
     mallocs = mallocs or ["retain"]
+    graphs = graphs or [False]
+    if any(graphs) and not device.startswith("cuda"):
+        raise SettingError("graphs", f"CUDA graphs need a CUDA device, got {device!r}")
+    if separate is None:
+        separate = not device.startswith("cuda")
     for malloc in mallocs:
         if malloc not in MALLOC_CHOICES:
             raise ValueError(f"unknown malloc {malloc!r}; choose from "
@@ -212,31 +239,51 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
             raise ValueError(f"unknown kernel {kernel!r}; choose from fused, torch")
     measured = (reference_benchmarks(reference, device, shapes, batch_sizes, threads,
                                      reference_python, refbench) if reference else {})
+    rows = [{"shape": shape, "batch_size": batch_size, "device": device, "repeats": repeats,
+             "k_chunk": k_chunk, "bf16": bf16, "threads": threads, "compiled": compiled,
+             "kernel": kernel, "profile": profile, "malloc": malloc, "graphs": graphed}
+            for shape, batch_size, kernel, malloc, graphed
+            in itertools.product(shapes, batch_sizes, kernels, mallocs, graphs)]
     results = []
-    for shape in shapes:
-        for batch_size in batch_sizes:
-            for kernel, malloc in itertools.product(kernels, mallocs):
-                arguments = {"shape": shape, "batch_size": batch_size, "device": device,
-                             "repeats": repeats, "k_chunk": k_chunk, "bf16": bf16,
-                             "threads": threads, "compiled": compiled, "kernel": kernel,
-                             "profile": profile, "malloc": malloc}
-                command = [sys.executable, "-m", "hearproto.bench", "--one",
-                           json.dumps(arguments)]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(f"benchmark {shape} B={batch_size} ({kernel}, malloc "
-                                       f"{malloc}) failed:\n{done.stderr[-2000:]}")
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-                theirs = measured.get((shape, batch_size))
-                if theirs is not None:
-                    row.update({f"reference_{k}": v for k, v in theirs.items()})
-                    if "clips_per_second" in theirs:
-                        row["speedup_vs_reference"] = round(
-                            row["clips_per_second"] / theirs["clips_per_second"], 2)
-                results.append(row)
+    for group in ([[row] for row in rows] if separate else [rows]):
+        for row in _in_subprocess(group):
+            theirs = measured.get((row["shape"], row["batch_size"]))
+            if theirs is not None:
+                row.update({f"reference_{k}": v for k, v in theirs.items()})
+                if "clips_per_second" in theirs:
+                    row["speedup_vs_reference"] = round(
+                        row["clips_per_second"] / theirs["clips_per_second"], 2)
+            results.append(row)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor()
     return {"device": device, "device_name": name or platform.machine(),
             "torch": torch.__version__, "results": results}
+
+
+def _in_subprocess(rows: list[dict]) -> list[dict]:
+    """:func:`bench_step` for each of ``rows`` (its arguments), in one fresh subprocess."""
+    command = [sys.executable, "-m", "hearproto.bench", "--rows", json.dumps(rows)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    results = []
+    for line in done.stdout.splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if done.returncode != 0 or len(results) != len(rows):
+        failed = rows[len(results)] if len(results) < len(rows) else rows[-1]
+        raise RuntimeError(f"benchmark {failed['shape']} B={failed['batch_size']} "
+                           f"({failed['kernel']}, malloc {failed['malloc']}, graphs "
+                           f"{'on' if failed['graphs'] else 'off'}) failed:\n"
+                           f"{done.stderr[-2000:]}")
+    return results
+
+
+def _run_rows(rows: list[dict]) -> None:
+    """Print :func:`bench_step`'s row for each of ``rows``, one JSON line each, as it ends."""
+    for arguments in rows:
+        print(json.dumps(bench_step(**arguments)), flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def format_table(report: dict) -> str:
@@ -245,7 +292,8 @@ def format_table(report: dict) -> str:
                                 for r in report["results"]) else "anchor"
     lines = [f"{report['device']} ({report['device_name']}), torch {report['torch']}; "
              f"authors' code: {'measured in this run' if source == 'reference' else 'anchor figures (ANCHORS)'}",
-             f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'s/step':>8} {'clips/s':>8} "
+             f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'graph':>5} {'s/step':>8} "
+             f"{'clips/s':>8} "
              f"{'peak GB':>8} "
              f"{'authors clips/s, GB':>20} {'speed-up':>8}"]
     for r in report["results"]:
@@ -257,7 +305,7 @@ def format_table(report: dict) -> str:
         elif f"{source}_error" in r:
             authors = r[f"{source}_error"][:20]
         lines.append(f"{r['shape']:12} {r['batch_size']:>4} {r.get('kernel', ''):>6} "
-                     f"{r.get('malloc', ''):>6} "
+                     f"{r.get('malloc', ''):>6} {'yes' if r.get('graphs') else 'no':>5} "
                      f"{r['seconds_per_step']:>8.3f} "
                      f"{r['clips_per_second']:>8.1f} {r['peak_memory_gb']:>8.2f} {authors:>20} "
                      f"{ratio:>8}")
@@ -266,7 +314,8 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # one measurement, in its own process
+if __name__ == "__main__":  # measurements, in a process of their own
     parser = argparse.ArgumentParser()
-    parser.add_argument("--one", required=True, help="bench_step's arguments, as JSON")
-    print(json.dumps(bench_step(**json.loads(parser.parse_args().one))))
+    parser.add_argument("--rows", required=True,
+                        help="a JSON list of bench_step's arguments, one object per row")
+    _run_rows(json.loads(parser.parse_args().rows))

@@ -219,6 +219,7 @@ def _train(args: argparse.Namespace) -> int:
     given.update(_config_settings(args.set, TrainConfig))
     config = TrainConfig.from_recipe(args.recipe or "default", mode=args.mode,
                                      prototypes=args.prototypes, bf16=args.bf16,
+                                     cuda_graphs=args.cuda_graphs,
                                      compile=not args.no_compile, **common, **given)
     summary = train(config, overrides=args.override)
     print(f"{summary['out']}: {summary['epochs']} epochs, stage {summary['stage']}, "
@@ -382,9 +383,21 @@ def _bench(args: argparse.Namespace) -> int:
         repeats=args.repeats, k_chunk=args.k_chunk, bf16=args.bf16, threads=args.threads,
         compiled=not args.no_compile, kernels=args.kernels.split(","), reference=args.reference,
         reference_python=args.reference_python, refbench=args.refbench, profile=args.profile,
-        mallocs=args.malloc.split(","))
+        mallocs=args.malloc.split(","), graphs=_on_off(args.graphs, "graphs"),
+        separate={"rows": True, "together": False}.get(args.processes))
     print(json.dumps(report, indent=1) if args.json else format_table(report))
     return 0
+
+
+def _on_off(text: str, setting: str) -> list[bool]:
+    """``off``, ``on`` or ``off,on`` as booleans; anything else is refused naming
+    ``setting``."""
+    from hearproto.errors import SettingError
+
+    values = text.split(",")
+    if any(v not in ("off", "on") for v in values):
+        raise SettingError(setting, f"{setting} takes off, on or off,on, got {text!r}")
+    return [v == "on" for v in values]
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -486,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    train.add_argument("--cuda-graphs", action="store_true",
+                       help="on CUDA, record each training step once as a CUDA graph and "
+                       "replay it (the same numbers, far fewer launches)")
     train.add_argument("--limit-per-class", type=int, metavar="N")
     train.add_argument("--n-speakers", default="128", metavar="K",
                        help="librispeech: the K speakers with the most audio, or 'all'")
@@ -559,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", type=int, default=0, metavar="N",
                        help="also list the N operations that take the most time per step "
                        "(torch.profiler; device time on CUDA)")
+    bench.add_argument("--graphs", default="off", metavar="off,on",
+                       help="record the step as a CUDA graph and replay it: off, on, or "
+                       "off,on for both rows (CUDA; default: off)")
+    bench.add_argument("--processes", choices=("auto", "rows", "together"), default="auto",
+                       help="a fresh process per row (CPU default: its own peak memory) or "
+                       "all rows together (CUDA default: CUDA starts once)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 

@@ -204,6 +204,7 @@ class PrototypeModel(nn.Module):
         self.bins = mel_bin_constants(frontend)
         self._bins_by_device: dict[str, MelBins] = {}
         self.register_buffer("active_mask", torch.zeros(len(TRANSFORMATIONS), dtype=torch.bool))
+        self._active_seen: tuple[Tensor, int, frozenset[str]] | None = None
 
     # -- curriculum state ---------------------------------------------------------------------
 
@@ -217,12 +218,21 @@ class PrototypeModel(nn.Module):
 
     @property
     def active(self) -> set[str]:
-        return {name for name, on in zip(TRANSFORMATIONS, self.active_mask.tolist()) if on}
+        """The names of the transformations switched on. Read from ``active_mask`` only when
+        that buffer has changed (a new tensor, or written in place: its version counter), so
+        that a training step on a GPU never waits for the device to read it."""
+        mask, seen = self.active_mask, self._active_seen
+        if seen is None or seen[0] is not mask or seen[1] != mask._version:
+            names = frozenset(n for n, on in zip(TRANSFORMATIONS, mask.tolist()) if on)
+            self._active_seen = seen = (mask, mask._version, names)
+        return set(seen[2])
 
     def activate(self, name: str) -> None:
         if name not in TRANSFORMATIONS:
             raise ValueError(f"unknown transformation {name!r}; choose from {TRANSFORMATIONS}")
+        names = self.active | {name}
         self.active_mask[TRANSFORMATIONS.index(name)] = True
+        self._active_seen = (self.active_mask, self.active_mask._version, frozenset(names))
 
     @property
     def beta(self) -> Tensor:
@@ -254,7 +264,10 @@ class PrototypeModel(nn.Module):
         if padded != length:
             x = x.repeat(1, -(-padded // length), 1)[:, :padded]
         bottleneck, skips = self.encoder(x)
-        raw = {name: self.decoders[name](bottleneck, skips) for name in active}
+        # in a fixed order: the encoder's gradient sums the decoders' in the order they ran,
+        # and a set's order changes from one Python process to the next
+        raw = {name: self.decoders[name](bottleneck, skips) for name in TRANSFORMATIONS
+               if name in active}
         params = Transformations(
             pitch=pitch_from_raw(raw["pitch"][..., 0]) if "pitch" in raw else None,
             gain=gain_from_raw(raw["gain"][..., 0]) if "gain" in raw else None,

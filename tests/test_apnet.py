@@ -150,9 +150,9 @@ def test_loss_terms_follow_their_definitions():
     d = out.distances
     proto = d.min(0).values.mean() + d.min(1).values.mean()
     ce = torch.nn.functional.cross_entropy(out.logits, y)
-    assert terms["rec"] == pytest.approx(rec.item(), rel=1e-4)
-    assert terms["proto"] == pytest.approx(proto.item(), rel=1e-4)
-    assert terms["ce"] == pytest.approx(ce.item(), rel=1e-4)
+    assert float(terms["rec"]) == pytest.approx(rec.item(), rel=1e-4)
+    assert float(terms["proto"]) == pytest.approx(proto.item(), rel=1e-4)
+    assert float(terms["ce"]) == pytest.approx(ce.item(), rel=1e-4)
     assert total.item() == pytest.approx(2 * ce.item() + proto.item() + rec.item(), rel=1e-4)
 
 

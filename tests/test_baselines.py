@@ -62,7 +62,7 @@ def test_autoencoder_shapes_range_and_features_ignore_padding():
     assert rec.shape == x.shape and float(rec.min()) >= 0 and float(rec.max()) <= 1
     assert features.shape == (2, 32 * 2)  # 32 channels x 32 / 16 bins
     loss, parts = model.loss(x)
-    assert parts["rec"] == pytest.approx(float((rec - x).square().mean()), rel=1e-5)
+    assert float(parts["rec"]) == pytest.approx(float((rec - x).square().mean()), rel=1e-5)
 
 
 def test_direct_classification_learns_separable_classes(tones, tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hearproto import cli
-from hearproto.bench import bench_step
+from hearproto.bench import _in_subprocess, bench_step
 
 
 def test_bench_step_reports_speed_and_memory():
@@ -72,3 +74,28 @@ def test_bench_times_both_mallocs_side_by_side(capsys):
     rows = json.loads(capsys.readouterr().out)["results"]
     assert [(r["kernel"], r["malloc"]) for r in rows] == [("fused", "retain"), ("fused", "system")]
     assert cli.main(["bench", "--shapes", "sol", "--malloc", "tcmalloc"]) == 2
+
+
+def test_rows_can_share_one_process(capsys):
+    """--processes together (the default on CUDA, where starting CUDA dominates a row): the
+    rows run one after another in one subprocess; a row that fails is named."""
+    assert cli.main(["bench", "--shapes", "sol,librispeech", "--batch-sizes", "2", "--repeats",
+                     "1", "--kernels", "fused", "--processes", "together", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["shape"], r["graphs"]) for r in rows] == [("sol", False), ("librispeech", False)]
+    # one process: its peak resident size only grows from row to row
+    assert rows[1]["peak_memory_gb"] >= rows[0]["peak_memory_gb"]
+    good = {"shape": "sol", "batch_size": 2, "repeats": 1, "kernel": "fused", "malloc": "retain",
+            "graphs": False}
+    with pytest.raises(RuntimeError, match=r"benchmark sol B=2 \(torch, malloc retain, graphs "
+                       r"off\) failed"):
+        _in_subprocess([good, {**good, "kernel": "torch", "k_chunk": 0}])
+
+
+def test_graphs_are_refused_off_cuda(capsys):
+    assert cli.main(["bench", "--graphs", "on", "--device", "cpu"]) == 2
+    assert "CUDA graphs need a CUDA device, got 'cpu' (--graphs)" in capsys.readouterr().err
+    assert cli.main(["bench", "--graphs", "sometimes"]) == 2
+    assert "graphs takes off, on or off,on" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        bench_step("sol", batch_size=2, graphs=True)

@@ -128,6 +128,41 @@ def test_training_crops_are_random_but_seedable(tmp_path):
     assert all(f.shape == (8, 128) for f in first)
 
 
+def test_crop_batches_are_the_shuffling_loaders_batches(tmp_path):
+    """crop_batches builds each batch as one tensor; the batches, their order, the crops (a
+    short clip tiled among them) and every random state after them are a shuffling
+    DataLoader's, so runs give the numbers they gave before it, and resume the same."""
+    from torch.utils.data import DataLoader
+
+    from hearproto.data.dataset import crop_batches
+    from hearproto.training.loop import Relabelled
+
+    root = make_tree(tmp_path / "mine", {"a": 300.0, "b": 600.0, "c": 900.0}, per_class=5)
+    train = get_dataset("folder", root=root, split="train", crop_frames=18,
+                        frontend="speakers", progress=False)
+    assert min(train._lengths) < 18 < max(train._lengths)  # tiled and cropped clips
+    relabelled = Relabelled(train, torch.arange(len(train)) % 2)
+
+    def epochs(make, dataset) -> tuple[list, torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(3)
+        torch.manual_seed(0)
+        batches = [(x.clone(), y.clone()) for _ in range(3) for x, y in make(dataset, generator)]
+        return batches, generator.get_state(), torch.get_rng_state()
+
+    for dataset in (train, relabelled):
+        old = epochs(lambda d, g: DataLoader(d, batch_size=3, shuffle=True, generator=g,
+                                             drop_last=True), dataset)
+        new = epochs(lambda d, g: crop_batches(d, 3, g, drop_last=True), dataset)
+        assert len(new[0]) == len(old[0]) == 3 * (len(train) // 3)
+        for (x, y), (x_old, y_old) in zip(new[0], old[0]):
+            assert torch.equal(x, x_old) and torch.equal(y, y_old)
+        assert torch.equal(new[1], old[1]) and torch.equal(new[2], old[2])
+    whole = get_dataset("folder", root=root, split="train", crop_frames=None,
+                        frontend="speakers", progress=False)
+    with pytest.raises(ValueError, match="needs crops"):
+        whole.batch([0, 1])
+
+
 def test_short_clips_are_tiled():
     frames = np.arange(3 * 2, dtype=np.float32).reshape(3, 2)
     tiled = crop_or_tile(frames, 7, start=0)

@@ -38,6 +38,20 @@ def test_every_transformation_starts_as_the_identity():
     assert params.gain.abs().max() < 1e-3 and params.filters.abs().max() < 1e-3
 
 
+def test_the_decoders_run_in_a_fixed_order(monkeypatch):
+    """The encoder's gradient sums the decoders' in the order they ran: iterating the set of
+    active names (whose order changes with Python's hash seed) made runs differ from one
+    process to the next."""
+    model = full_model(k=2)
+    ran = []
+    for name, decoder in model.decoders.items():
+        forward = decoder.forward
+        monkeypatch.setattr(decoder, "forward",
+                            lambda *a, _name=name, _forward=forward: ran.append(_name) or _forward(*a))
+    model.transformations(torch.rand(2, 16, 128))
+    assert ran == ["gain", "pitch", "filters"]
+
+
 def test_shapes_and_time_padding():
     model = full_model(k=4)
     x = torch.rand(2, 37, 128)  # not a multiple of 16: padded for the encoder, cropped back

@@ -247,16 +247,17 @@ class APNet(nn.Module):
         return APNetOutput(out.logits, (out.decoded + 1) / 2, out.distance.mean(-1),
                            out.similarity)
 
-    def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Training loss on ``x`` ``(B, T', F)``, labels ``y`` ``(B,)``: the total
-        ``alpha * ce + beta * proto + gamma * rec`` and its three terms as floats."""
+        ``alpha * ce + beta * proto + gamma * rec`` and its three terms, detached (as
+        tensors: reading them would make the host wait for a GPU every step)."""
         out = self._run(x)
         ce = F.cross_entropy(out.logits, y)
         rec = (out.target - out.decoded).pow(2).sum((1, 2)).mean()
         d = out.distance.mean(-1)  # (B, M)
         proto = d.min(0).values.mean() + d.min(1).values.mean()
         total = self.alpha * ce + self.beta * proto + self.gamma * rec
-        return total, {"ce": ce.item(), "proto": proto.item(), "rec": rec.item()}
+        return total, {"ce": ce.detach(), "proto": proto.detach(), "rec": rec.detach()}
 
     def logits(self, x: Tensor) -> Tensor:
         """Class logits ``(B, K)`` of ``x`` ``(B, T', F)``."""

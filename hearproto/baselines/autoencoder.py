@@ -67,7 +67,8 @@ class ConvAutoencoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstruct(x)
 
-    def loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Mean squared error of the reconstruction (labels unused); parts for logging."""
+    def loss(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean squared error of the reconstruction (labels unused); parts for logging
+        (detached tensors)."""
         loss = nnf.mse_loss(self.reconstruct(x), x)
-        return loss, {"rec": float(loss.detach())}
+        return loss, {"rec": loss.detach()}

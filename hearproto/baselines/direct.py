@@ -62,7 +62,7 @@ class DirectClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.logits(x)
 
-    def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy; parts for logging."""
+    def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy; parts for logging (detached tensors)."""
         loss = nnf.cross_entropy(self.logits(x), y)
-        return loss, {"ce": float(loss.detach())}
+        return loss, {"ce": loss.detach()}

@@ -3,18 +3,18 @@ clips for evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from hearproto.frontend import FrontEnd
 from hearproto.data.cache import FeatureStore
 
-__all__ = ["ClipDataset", "clip_statistics", "crop_or_tile", "pad_collate", "tile_frames",
-           "whole_clip_batches"]
+__all__ = ["ClipDataset", "clip_statistics", "crop_batches", "crop_or_tile", "pad_collate",
+           "tile_frames", "whole_clip_batches"]
 
 
 def crop_or_tile(frames: np.ndarray, length: int, start: int) -> np.ndarray:
@@ -57,6 +57,9 @@ class ClipDataset(Dataset):
         lookup = {label: i for i, label in enumerate(self.classes)}
         self.labels = torch.tensor([lookup[label] for label in self.table["label"]],
                                    dtype=torch.long)
+        # the table's columns as arrays: a pandas lookup per item cost 16 us of the 50
+        self._starts = self.table["start"].to_numpy(np.int64)
+        self._lengths = self.table["frames"].to_numpy(np.int64)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -71,16 +74,35 @@ class ClipDataset(Dataset):
 
     def frames(self, i: int) -> np.ndarray:
         """The whole clip ``i``. ``(T, F)``."""
-        start, count = self.table.at[i, "start"], self.table.at[i, "frames"]
-        return self.store.features[start:start + count]
+        start = self._starts[i]
+        return self.store.features[start:start + self._lengths[i]]
+
+    def _crop(self, i: int) -> np.ndarray:
+        """A random crop of clip ``i`` (one draw from torch's generator). ``(crop_frames, F)``"""
+        frames = self.frames(i)
+        slack = max(frames.shape[0] - self.crop_frames, 0)
+        start = int(torch.randint(slack + 1, ()).item())
+        return crop_or_tile(frames, self.crop_frames, start)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        frames = self.frames(i)
-        if self.crop_frames is not None:
-            slack = max(frames.shape[0] - self.crop_frames, 0)
-            start = int(torch.randint(slack + 1, ()).item())
-            frames = crop_or_tile(frames, self.crop_frames, start)
+        frames = self.frames(i) if self.crop_frames is None else self._crop(i)
         return torch.from_numpy(np.array(frames, dtype=np.float32)), int(self.labels[i])
+
+    def batch(self, indices: Sequence[int], pin_memory: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crops of the clips ``indices`` ``(B, crop_frames, F)`` and their labels
+        ``(B,)``: the numbers of stacking ``self[i]`` for each index in turn (the same draws),
+        written straight into one tensor (in pinned memory with ``pin_memory``, for a copy
+        to a GPU that does not wait)."""
+        if self.crop_frames is None:
+            raise ValueError("batch() needs crops (crop_frames): whole clips differ in length "
+                             "(see pad_collate)")
+        out = torch.empty(len(indices), self.crop_frames, self.store.features.shape[1],
+                          pin_memory=pin_memory)
+        rows = out.numpy()
+        for row, i in enumerate(indices):
+            rows[row] = self._crop(i)
+        return out, self.labels[list(indices)]
 
     def class_counts(self) -> pd.Series:
         return self.table["label"].value_counts().reindex(self.classes, fill_value=0)
@@ -89,6 +111,34 @@ class ClipDataset(Dataset):
         crop = f"crops of {self.crop_frames} frames" if self.crop_frames else "whole clips"
         return (f"ClipDataset({self.name!r}, split={self.split!r}, {len(self)} clips, "
                 f"{self.num_classes} classes, {crop}, {self.frontend.sample_rate} Hz)")
+
+
+class _Batches(Dataset):
+    """``dataset.batch(indices)`` as items, for a ``DataLoader`` whose sampler yields
+    batches of indices."""
+
+    def __init__(self, dataset: Dataset, pin_memory: bool) -> None:
+        self.dataset, self.pin_memory = dataset, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.batch(indices, self.pin_memory)
+
+
+def crop_batches(dataset: Dataset, batch_size: int, generator: torch.Generator,
+                 drop_last: bool, pin_memory: bool = False) -> DataLoader:
+    """Shuffled batches of random crops of ``dataset`` (anything with :meth:`ClipDataset.batch`):
+    the very batches of ``DataLoader(dataset, batch_size, shuffle=True, generator=generator,
+    drop_last=drop_last)``, in the same order with the same crops, each built as one tensor
+    instead of ``batch_size`` tensors stacked (with ``pin_memory``, built in pinned memory).
+    At B = 128 on 2 CPU cores, 5.1 ms a batch instead of 8.4 (docs/kernels.md, "CUDA
+    graphs"): the host must keep up with a GPU step of a few milliseconds."""
+    sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last)
+    # the loader draws its base seed from ``generator`` too, as a shuffling DataLoader does
+    return DataLoader(_Batches(dataset, pin_memory), sampler=sampler, batch_size=None,
+                      generator=generator)
 
 
 def pad_collate(

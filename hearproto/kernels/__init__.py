@@ -155,7 +155,7 @@ def fused_error(x: Tensor, prototypes: Tensor, pitch: Tensor | None, gain: Tenso
     if pitch is not None:
         weight, bins_per_log = constants.weight, constants.bins_per_log
     else:  # the kernels read neither
-        weight, bins_per_log = _unit_weight(n_bins), 1.0
+        weight, bins_per_log = _unit_weight(n_bins, device), 1.0
     if device.type == "cpu":
         from hearproto.kernels.cpu import FusedError
     else:
@@ -164,11 +164,13 @@ def fused_error(x: Tensor, prototypes: Tensor, pitch: Tensor | None, gain: Tenso
     return out.to(result_dtype)
 
 
-_UNIT: dict[int, Tensor] = {}
+_UNIT: dict[tuple[int, str], Tensor] = {}
 
 
-def _unit_weight(n_bins: int) -> Tensor:
-    """A stand-in per-bin weight when there is no pitch shift (the kernels ignore it)."""
-    if n_bins not in _UNIT:
-        _UNIT[n_bins] = torch.zeros(n_bins)
-    return _UNIT[n_bins]
+def _unit_weight(n_bins: int, device: torch.device) -> Tensor:
+    """A stand-in per-bin weight when there is no pitch shift (the kernels ignore it), made
+    once per device: a copy from the host each step would stop a CUDA graph's recording."""
+    key = (n_bins, str(device))
+    if key not in _UNIT:
+        _UNIT[key] = torch.zeros(n_bins, device=device)
+    return _UNIT[key]

@@ -156,6 +156,9 @@ class TrainConfig(RunConfig):
     k_chunk: int = 8  # prototypes per chunk of the error (8 is fastest on CPU, see bench)
     compile: bool = True  # fuse the error with torch.compile in training (about 2x on CPU)
     bf16: bool = False  # autocast on CUDA
+    # on CUDA, each training step recorded once as a CUDA graph and replayed (the same
+    # numbers, a fraction of the launches; hearproto.training.graphs); ignored on the CPU
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -24,9 +24,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from hearproto.data.dataset import clip_statistics
+from hearproto.data.dataset import clip_statistics, crop_batches
 from hearproto.errors import RunMismatch
 from hearproto.metrics import evaluate
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
@@ -36,10 +35,34 @@ from hearproto.training.checkpoints import (CHECKPOINT_FORMAT, data_provenance, 
 from hearproto.training.config import TrainConfig
 from hearproto.training.curriculum import stages_for
 from hearproto.training.evaluation import clip_errors, mapping_for, middle_crops
+from hearproto.training.graphs import (CudaGraph, GraphedStep, float_learning_rates,
+                                       set_learning_rate, use_tensor_learning_rates)
 from hearproto.training.runloop import RunLoop
 from hearproto.training.losses import augment, calibrated_beta, loss_from_errors
 
 __all__ = ["Trainer", "train", "METRIC_COLUMNS", "Relabelled"]
+
+
+@dataclass(frozen=True)
+class _StepPlan:
+    """What one training step computes; a step recorded as a CUDA graph is replayed only for
+    the same plan."""
+
+    active: frozenset[str]  # the transformations switched on
+    labelled: bool  # the clips' labels (classes or held clusters) pick the prototype
+    use_ce: bool  # the cross-entropy term is on
+    frames: tuple[int, int] | None  # the error's time steps: (first, stride); None: all
+    calibrate: bool = False  # beta is calibrated on this step's errors first
+
+    @property
+    def frame_slice(self) -> slice | None:
+        return None if self.frames is None else slice(self.frames[0], None, self.frames[1])
+
+    @property
+    def only_targets(self) -> bool:
+        """Supervised without cross-entropy only the label's prototype's error is needed."""
+        return self.labelled and not self.use_ce
+
 
 @dataclass
 class _State:
@@ -71,6 +94,8 @@ class Trainer(RunLoop):
 
     columns = tuple(METRIC_COLUMNS)
     final_reasons = ("curriculum complete",)
+    #: How ``cuda_graphs`` records steps (tests substitute a CPU stand-in).
+    graph_type: type | None = CudaGraph
 
     def __init__(self, config: TrainConfig, progress: bool = True,
                  overrides: Iterable[str] = ()) -> None:
@@ -90,6 +115,12 @@ class Trainer(RunLoop):
         self.held_labels: Tensor | None = None  # (N,) the initial cluster of each training clip
         self.state = _State()
         self.steps_per_epoch = max(1, len(self.train_set) // config.batch_size)
+        # the step's persistent tensors: a recorded step writes into these same ones
+        self._counts = torch.zeros(k, dtype=torch.int64, device=self.device)
+        self._ce_weight = torch.zeros((), device=self.device)
+        self._ce_weight_now: float | Tensor = 0.0  # this step's cross-entropy weight
+        self._graphed = GraphedStep(self._step, self.device,
+                                    graph_type=self.graph_type if config.cuda_graphs else None)
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -128,6 +159,7 @@ class Trainer(RunLoop):
         return load_checkpoint(path, self.device)[1]
 
     def load(self, payload: dict, changed: list[str]) -> None:
+        self._graphed.reset()
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])  # restores the saved lr too
         if "lr" in changed:  # an overridden lr: scale every group's, keeping stage factors
@@ -150,7 +182,7 @@ class Trainer(RunLoop):
             "classes": list(self.train_set.classes),
             "stage": self.stages[self.state.stage],
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": float_learning_rates(self.optimizer.state_dict()),
             "state": asdict(self.state),
             "rng": rng_snapshot(self.loader_generator, self.device),
             "held_labels": self.held_labels,
@@ -164,6 +196,7 @@ class Trainer(RunLoop):
         """Switch on what stage ``index`` adds."""
         name = self.stages[index]
         state = self.state
+        self._graphed.reset()
         state.stage, state.best_loss, state.stale_epochs = index, math.inf, 0
         state.stage_epoch, state.stage_start_step = 0, state.step
         if name == "ce":
@@ -196,7 +229,7 @@ class Trainer(RunLoop):
         warm = 1e-3 + (1 - 1e-3) * progress
         for group in self.optimizer.param_groups:
             factor = warm if group["name"] in state.warm_groups else 1.0
-            group["lr"] = group["base_lr"] * factor
+            set_learning_rate(group, group["base_lr"] * factor)
 
     # -- one epoch ------------------------------------------------------------------------------
 
@@ -206,56 +239,80 @@ class Trainer(RunLoop):
         held = self._held()
         clips = Relabelled(self.train_set, self.held_labels) if held else self.train_set
         # a last, tiny batch would skew batch norm and cost a recompilation of the fused error
-        loader = DataLoader(clips, batch_size=c.batch_size, shuffle=True,
-                            generator=self.loader_generator,
-                            drop_last=len(self.train_set) > c.batch_size,
-                            pin_memory=self.device.type == "cuda")
+        loader = crop_batches(clips, c.batch_size, self.loader_generator,
+                              drop_last=len(self.train_set) > c.batch_size,
+                              pin_memory=self.device.type == "cuda")
         # the clips' labels: the classes (supervised), the initial clusters (held stages), or
         # none (each clip trains the prototype that reconstructs it best)
         labelled = c.mode == "supervised" or held
         use_ce = labelled and self.state.ce_start_step >= 0  # from the cross-entropy stage on
+        active = frozenset(model.active)
+        graphed = self._graphed.enabled
+        if graphed and use_tensor_learning_rates(self.optimizer, self.device):
+            self._graphed.reset()  # the recorded steps read the learning rates given before
         # summed on the device and read once at the end: no host synchronisation per step
         # (float64, so that the epoch's loss is the same number as summed in Python)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        counts = torch.zeros(model.num_prototypes, dtype=torch.int64, device=self.device)
+        self._counts.zero_()
         count = 0
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if c.augment:
                 x = augment(x)
             self._set_learning_rates()
-            # supervised without cross-entropy, only the class prototype's error is needed
-            only_targets = labelled and not use_ce
             frames = None
             if c.error_stride > 1:  # a random phase each step: every frame is used in turn
-                frames = slice(int(torch.randint(c.error_stride, ())), None, c.error_stride)
-            with torch.autocast("cuda", dtype=torch.bfloat16,
-                                enabled=c.bf16 and self.device.type == "cuda"):
-                if only_targets:
-                    errors = model.target_errors(x, y, c.compile, frames)
-                else:
-                    errors, _ = model.errors(x, c.k_chunk, c.compile, frames)
-            errors = errors.float()
-            if use_ce and self.state.beta_pending:
-                model.set_beta(calibrated_beta(errors.detach().cpu(), y.cpu()))
-                self.optimizer.state.pop(model.beta_raw, None)
-                self.state.beta_pending = False
-            if only_targets:
-                loss = errors.mean()
+                frames = (int(torch.randint(c.error_stride, ())), c.error_stride)
+            plan = _StepPlan(active, labelled, use_ce, frames,
+                             calibrate=use_ce and self.state.beta_pending)
+            if use_ce:
+                self._ce_weight_now = c.lambda_ce * self._ce_ramp()
+                if graphed:  # a recorded step reads the weight from its tensor
+                    self._ce_weight.fill_(self._ce_weight_now)
+                    self._ce_weight_now = self._ce_weight
+            if plan.calibrate:  # reads errors back to the host: never recorded
+                loss = self._step(x, y, plan)
+                self._graphed.reset()  # beta's optimiser state is new
             else:
-                loss = loss_from_errors(errors, y, "supervised" if labelled else "unsupervised",
-                                        model.beta, c.lambda_ce * self._ce_ramp(), use_ce)
-                counts += torch.bincount(errors.detach().argmin(1),
-                                         minlength=model.num_prototypes)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+                loss = self._graphed(x, y, plan)
             self.state.step += 1
-            total += loss.detach().double() * len(y)
+            total += loss.double() * len(y)
             count += len(y)
             if callback is not None:
                 callback(self.state.step)
-        return float(total) / count, counts.cpu().numpy()
+        return float(total) / count, self._counts.cpu().numpy().copy()
+
+    def _step(self, x: Tensor, y: Tensor, plan: _StepPlan) -> Tensor:
+        """One optimiser step on clips ``x`` ``(B, T, F)`` with labels ``y`` ``(B,)``: the
+        errors, the loss, backward and AdamW; returns the loss (detached). Everything it
+        reads that changes from step to step is a tensor (learning rates, the cross-entropy
+        weight) or in ``plan``, so that it can be recorded as a CUDA graph
+        (:mod:`~hearproto.training.graphs`)."""
+        c, model = self.config, self.model
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False,
+                            enabled=c.bf16 and self.device.type == "cuda"):
+            if plan.only_targets:
+                errors = model.target_errors(x, y, c.compile, plan.frame_slice)
+            else:
+                errors, _ = model.errors(x, c.k_chunk, c.compile, plan.frame_slice)
+        errors = errors.float()
+        if plan.calibrate:
+            model.set_beta(calibrated_beta(errors.detach().cpu(), y.cpu()))
+            self.optimizer.state.pop(model.beta_raw, None)
+            self.state.beta_pending = False
+        if plan.only_targets:
+            loss = errors.mean()
+        else:
+            loss = loss_from_errors(errors, y, "supervised" if plan.labelled else "unsupervised",
+                                    model.beta, self._ce_weight_now if plan.use_ce else 0.0,
+                                    plan.use_ce)
+            # a scatter, not bincount: bincount on a GPU reads its input's maximum back
+            winners = errors.detach().argmin(1)
+            self._counts.index_add_(0, winners, torch.ones_like(winners))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     @torch.no_grad()
     def _reassign(self, counts: np.ndarray) -> list[int]:
@@ -390,7 +447,8 @@ class Trainer(RunLoop):
         state, loss, val = self.state, self._loss, self._val
         return [state.epoch, self.stages[state.stage], f"{loss:.6f}",
                 *(f"{val[k]:.4f}" if k in val else "" for k in ("OA", "AA", "L_rec")),
-                f"{self.optimizer.param_groups[0]['lr']:.3g}", " ".join(sorted(self.model.active)),
+                f"{float(self.optimizer.param_groups[0]['lr']):.3g}",
+                " ".join(sorted(self.model.active)),
                 len(self._reassigned), f"{float(self.model.beta.detach()):.4g}",
                 f"{epoch_seconds:.2f}", f"{state.elapsed_seconds:.1f}"]
 
@@ -411,6 +469,10 @@ class Relabelled(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return self.dataset[i][0], int(self.labels[i])
+
+    def batch(self, indices: list[int], pin_memory: bool = False) -> tuple[Tensor, Tensor]:
+        """As :meth:`hearproto.data.dataset.ClipDataset.batch`, with these labels."""
+        return self.dataset.batch(indices, pin_memory)[0], self.labels[list(indices)]
 
 
 
