@@ -114,6 +114,16 @@ def test_a_step_that_reads_back_to_the_host_falls_back_to_eager(one_thread):
     assert torch.equal(weight, eager_weight)  # the failed recording left no trace
 
 
+def test_cuda_graphs_on_the_cpu_train_eagerly_and_say_so(tmp_path, data_home):
+    root = write_tones(tmp_path / "tones")
+    config = TrainConfig(dataset="folder", root=str(root), out=str(tmp_path / "run"),
+                         preset="speakers", cuda_graphs=True, device="cpu")
+    with pytest.warns(RuntimeWarning, match="CUDA graphs need a CUDA device; on cpu every "
+                      "step runs eagerly"):
+        trainer = Trainer(config, progress=False)
+    assert not trainer._graphed.enabled
+
+
 def test_graphs_need_cuda_or_a_stand_in():
     graphed = GraphedStep(lambda x, y, key: x.sum(), "cpu", graph_type=CudaGraph)
     assert not graphed.enabled  # CUDA graphs on the CPU: eager

@@ -181,9 +181,11 @@ def _triton_module():
     return cuda
 
 
+@pytest.mark.parametrize("backward", ["blocks", "rows"])
 @pytest.mark.parametrize("case", ["all", "per_clip", "broadcast_k", "pitch_off", "only_gain"])
-def test_triton_kernel_matches_the_torch_path(case):
+def test_triton_kernel_matches_the_torch_path(case, backward, monkeypatch):
     cuda = _triton_module()
+    monkeypatch.setattr(cuda, "BACKWARD", backward)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     args = _inputs(batch=2, n_protos=3, frames=19, n_bins=40, per_clip=case == "per_clip",
                    broadcast_k=case == "broadcast_k", seed=4)

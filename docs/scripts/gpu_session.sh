@@ -17,10 +17,12 @@
 #   bench_fp32.json    B = 128, both shapes, fused kernel, graphs off and on, the authors
 #                      timed in the same run (refbench.py)
 #   bench_bf16.json    the same with bf16 autocast
-#   profile.txt        the 15 costliest operations of a step, graphs off (device time)
+#   profile.txt        the 15 costliest operations of a step, graphs off and on (device time)
 #   bench_default.txt  `hearproto bench --device cuda` with its defaults, twice, and their wall
 #                      times (the issue's "under 60 s after the first compile": the second)
 #   graphs_train.txt   a short training run eager and with --cuda-graphs: epoch times, losses
+#   tiles.txt          the error alone: forward, backward, and backward without the
+#                      prototypes' gradient (its atomic adds), per tile and backward split
 #   tests.log          (tests) the whole suite on the GPU, but the book's and the browser's
 #                      (no notebook stack there) and the built-in datasets' (no renderers)
 set -uo pipefail
@@ -68,7 +70,7 @@ setup() {
     } > "$out/env.txt" 2>&1
 }
 
-bench() {
+bench() {  # in order of importance, each bounded: at most 580 s of the call's 600
     local reference=()
     [[ -d $here/authors/amodelyoucanhear && -f $here/refbench.py ]] &&
         reference=(--reference "$here/authors" --refbench "$here/refbench.py")
@@ -76,15 +78,17 @@ bench() {
                 --repeats 20 --graphs off,on)
     timeout 150 "${rows[@]}" "${reference[@]}" --json > "$out/bench_fp32.json" 2>&1
     timeout 60 "${rows[@]}" --bf16 --json > "$out/bench_bf16.json" 2>&1
-    timeout 60 python3 -m hearproto.cli bench --device cuda --batch-sizes 128 --kernels fused \
-        --repeats 5 --profile 15 > "$out/profile.txt" 2>&1
+    timeout 100 python3 docs/scripts/graphs_train.py > "$out/graphs_train.txt" 2>&1
+    timeout 60 python3 docs/scripts/triton_tiles.py --tiles 8x4,16x8 --parts --no-torch-path \
+        > "$out/tiles.txt" 2>&1
+    timeout 50 python3 -m hearproto.cli bench --device cuda --batch-sizes 128 --kernels fused \
+        --repeats 5 --profile 15 --graphs off,on > "$out/profile.txt" 2>&1
     # twice: the second run is the one "after the first compile" (inductor's cache on disk)
     local TIMEFORMAT="wall %R s" run
     for run in first second; do
-        { echo "== $run run"; time timeout 120 python3 -m hearproto.cli bench --device cuda; } \
+        { echo "== $run run"; time timeout 80 python3 -m hearproto.cli bench --device cuda; } \
             >> "$out/bench_default.txt" 2>&1
     done
-    timeout 120 python3 docs/scripts/graphs_train.py > "$out/graphs_train.txt" 2>&1
 }
 
 tests() {

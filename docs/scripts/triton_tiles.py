@@ -14,6 +14,7 @@ the piecewise-linear interpolation, so that the two paths take the derivative fr
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -38,13 +39,18 @@ def inputs(batch: int, n_protos: int, frames: int, device: str) -> list[torch.Te
     return [t.to(device) for t in (x, prototypes, pitch, gain, filters)]
 
 
-def errors_and_grads(args, backend: str, bins: MelBins, **options) -> list[torch.Tensor]:
+def errors_and_grads(args, backend: str, bins: MelBins, part: str = "all",
+                     **options) -> list[torch.Tensor]:
+    """The errors and the gradients of every input but x. ``part``: ``all``; ``forward``
+    (no backward pass); ``no_prototypes`` (no gradient for the prototypes: the backward pass
+    without its atomic adds)."""
     x, *leaves = [t.detach().clone() for t in args]
-    for leaf in leaves:
-        leaf.requires_grad_()
-    with use_backend(backend):
+    for i, leaf in enumerate(leaves):
+        leaf.requires_grad_(part == "all" or (part == "no_prototypes" and i > 0))
+    with use_backend(backend), torch.set_grad_enabled(part != "forward"):
         errors = reconstruction_error(x, *leaves, constants=bins, **options)
-    errors.sum().backward()
+    if part != "forward":
+        errors.sum().backward()
     return [errors.detach()] + [leaf.grad for leaf in leaves]
 
 
@@ -71,6 +77,13 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--tiles", default=",".join(f"{t}x{w}" for t, w in TILES),
                         help="BLOCK_T x num_warps, comma-separated")
+    parser.add_argument("--backwards", default=",".join(triton_kernel.BACKWARDS),
+                        help="how the backward pass is split (hearproto.kernels.cuda.BACKWARD)")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time the forward pass alone and the backward pass without "
+                        "the prototypes' gradient (its atomic adds)")
+    parser.add_argument("--no-torch-path", action="store_true",
+                        help="skip timing the torch path (eager and compiled)")
     args = parser.parse_args()
     tiles = [tuple(int(n) for n in tile.split("x")) for tile in args.tiles.split(",")]
     if not torch.cuda.is_available():
@@ -81,17 +94,21 @@ def main() -> None:
         n_protos, frames = SHAPES[shape]
         data = inputs(args.batch_size, n_protos, frames, device)
         reference = errors_and_grads(data, "torch", bins, k_chunk=8)
-        for block_t, warps in tiles:
+        for (block_t, warps), backward in itertools.product(tiles, args.backwards.split(",")):
             triton_kernel.BLOCK_T, triton_kernel.NUM_WARPS = block_t, warps
+            triton_kernel.BACKWARD = backward
             got = errors_and_grads(data, "fused", bins)
             rel_l2 = max(float((a - b).norm() / b.norm()) for a, b in zip(got, reference))
             pitch_gap = (got[2] - reference[2]).abs() > 1e-3 * reference[2].abs().max()
-            seconds = median_seconds(lambda: errors_and_grads(data, "fused", bins), device,
-                                     args.repeats)
-            print(json.dumps({"shape": shape, "batch_size": args.batch_size, "BLOCK_T": block_t,
-                              "num_warps": warps, "ms": round(seconds * 1e3, 3),
-                              "rel_l2": rel_l2, "knot_rows": int(pitch_gap.sum())}), flush=True)
-        for compiled in (False, True):
+            row = {"shape": shape, "batch_size": args.batch_size, "BLOCK_T": block_t,
+                   "num_warps": warps, "backward": backward}
+            for part in ("all", "forward", "no_prototypes") if args.parts else ("all",):
+                seconds = median_seconds(lambda: errors_and_grads(data, "fused", bins, part),
+                                         device, args.repeats)
+                row["ms" if part == "all" else f"ms_{part}"] = round(seconds * 1e3, 3)
+            row.update(rel_l2=rel_l2, knot_rows=int(pitch_gap.sum()))
+            print(json.dumps(row), flush=True)
+        for compiled in () if args.no_torch_path else (False, True):
             seconds = median_seconds(
                 lambda: errors_and_grads(data, "torch", bins, k_chunk=8, compiled=compiled),
                 device, max(3, args.repeats // 2), 2)

@@ -7,6 +7,12 @@ pass writes one partial sum per program; the backward pass recomputes the tile a
 over F into the per-time gradients, and adds the prototypes' gradient into a ``(B, K, F)``
 buffer with atomic adds (so its last bits depend on the order of the programs).
 
+:data:`BACKWARD` chooses how the backward pass is split: ``blocks``, a program per pair and
+time block (as the forward pass), or ``rows``, a program per pair looping over its time
+blocks, so that the atomic adds into a pair's row of the prototypes' gradient come from one
+program instead of T / BLOCK_T programs on different multiprocessors. ``rows`` is untimed
+(no GPU since it was written): docs/scripts/triton_tiles.py --parts times both.
+
 The inputs are float32 (the dispatcher, :func:`hearproto.kernels.fused_error`, converts fp16 and
 bf16 inputs; the tiles are small next to the (B, K, T, F) work). Under ``TRITON_INTERPRET=1``
 the kernels run on CPU tensors, which is how the tests check them without a GPU.
@@ -23,12 +29,15 @@ try:
 except ImportError:  # the CPU-only installs without the test extras
     triton = None
 
-__all__ = ["available", "FusedError", "BLOCK_T", "NUM_WARPS"]
+__all__ = ["available", "FusedError", "BLOCK_T", "NUM_WARPS", "BACKWARD", "BACKWARDS"]
 
 #: Time steps per program (an (8, 128) tile: 1,024 elements) and warps per program: the
 #: fastest of seven tiles on an H200 (docs/kernels.md; docs/scripts/triton_tiles.py).
 BLOCK_T = 8
 NUM_WARPS = 4
+#: How the backward pass is split into programs (see the module's docstring).
+BACKWARDS = ("blocks", "rows")
+BACKWARD = "blocks"
 
 
 def available() -> bool:
@@ -125,11 +134,28 @@ if triton is not None:
 
     @triton.jit
     def _backward(x_ptr, p_ptr, s_ptr, g_ptr, f_ptr, w_ptr, grad_ptr, ds_ptr,
-                  dg_ptr, df_ptr, dp_ptr, pb_stride, bpl, K, T, F, HAS_PITCH: tl.constexpr,
-                  HAS_GAIN: tl.constexpr, HAS_FILTERS: tl.constexpr, NEED_P: tl.constexpr,
-                  BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
+                  dg_ptr, df_ptr, dp_ptr, pb_stride, bpl, K, T, F, n_blocks,
+                  HAS_PITCH: tl.constexpr, HAS_GAIN: tl.constexpr, HAS_FILTERS: tl.constexpr,
+                  NEED_P: tl.constexpr, ROWS: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_F: tl.constexpr):
         i = tl.program_id(0)
-        tb = tl.program_id(1)
+        if ROWS:  # every time block of the pair, in turn
+            for tb in range(0, n_blocks):
+                _backward_block(x_ptr, p_ptr, s_ptr, g_ptr, f_ptr, w_ptr, grad_ptr, ds_ptr,
+                                dg_ptr, df_ptr, dp_ptr, i, tb, pb_stride, bpl, K, T, F,
+                                HAS_PITCH, HAS_GAIN, HAS_FILTERS, NEED_P, BLOCK_T, BLOCK_F)
+        else:
+            _backward_block(x_ptr, p_ptr, s_ptr, g_ptr, f_ptr, w_ptr, grad_ptr, ds_ptr,
+                            dg_ptr, df_ptr, dp_ptr, i, tl.program_id(1), pb_stride, bpl, K, T,
+                            F, HAS_PITCH, HAS_GAIN, HAS_FILTERS, NEED_P, BLOCK_T, BLOCK_F)
+
+    @triton.jit
+    def _backward_block(x_ptr, p_ptr, s_ptr, g_ptr, f_ptr, w_ptr, grad_ptr, ds_ptr,
+                        dg_ptr, df_ptr, dp_ptr, i, tb, pb_stride, bpl, K, T, F,
+                        HAS_PITCH: tl.constexpr, HAS_GAIN: tl.constexpr,
+                        HAS_FILTERS: tl.constexpr, NEED_P: tl.constexpr,
+                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
+        """The gradients of pair ``i``'s time block ``tb``."""
         r, lo, frac, slope, dudv, sig_h, sig_l, sph, spl, gh, gl, bkt, t_ok, mask = _tile(
             x_ptr, p_ptr, s_ptr, g_ptr, f_ptr, w_ptr, i, tb, pb_stride, bpl, K,
             T, F, HAS_PITCH, HAS_GAIN, HAS_FILTERS, BLOCK_T, BLOCK_F)
@@ -196,13 +222,17 @@ class FusedError(torch.autograd.Function):
         dp = torch.zeros(batch, n_protos, n_bins, device=x.device) if needs[1] else None
         dummy = x
         stride = n_protos * n_bins if protos.shape[0] > 1 else 0
-        _backward[(batch * n_protos, n_blocks)](
+        if BACKWARD not in BACKWARDS:
+            raise ValueError(f"BACKWARD must be one of {BACKWARDS}, got {BACKWARD!r}")
+        rows = BACKWARD == "rows"
+        _backward[(batch * n_protos,) if rows else (batch * n_protos, n_blocks)](
             x, protos, s if s is not None else dummy, g if g is not None else dummy,
             filt if filt is not None else dummy, w,
             grad.to(torch.float32).contiguous(), ds if ds is not None else dummy,
             dg if dg is not None else dummy, dfilt if dfilt is not None else dummy,
             dp if dp is not None else dummy, stride, bins_per_log, n_protos, frames, n_bins,
-            NEED_P=dp is not None, BLOCK_F=block_f, num_warps=NUM_WARPS, **_flags(s, g, filt))
+            n_blocks, NEED_P=dp is not None, ROWS=rows, BLOCK_F=block_f, num_warps=NUM_WARPS,
+            **_flags(s, g, filt))
         if dp is not None and protos.shape[0] == 1:
             dp = dp.sum(0, keepdim=True)
         return (None, dp, ds if needs[2] else None, dg if needs[3] else None,

@@ -17,6 +17,7 @@ to ``lr``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -121,6 +122,9 @@ class Trainer(RunLoop):
         self._ce_weight_now: float | Tensor = 0.0  # this step's cross-entropy weight
         self._graphed = GraphedStep(self._step, self.device,
                                     graph_type=self.graph_type if config.cuda_graphs else None)
+        if config.cuda_graphs and not self._graphed.enabled:
+            warnings.warn(f"cuda_graphs: CUDA graphs need a CUDA device; on {self.device} "
+                          "every step runs eagerly", RuntimeWarning, stacklevel=2)
 
     # -- setup ----------------------------------------------------------------------------------
 
