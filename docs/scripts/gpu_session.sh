@@ -5,10 +5,12 @@
 #   bash docs/scripts/gpu_session.sh bench     # there: the speed figures, about 6 minutes
 #   bash docs/scripts/gpu_session.sh tests     # there: the test suite, under 5 minutes
 #
-# `fetch` puts into .gpu/ (ignored by git: add `/.gpu/` to .git/info/exclude) the wheels the
-# GPU image lacks (librosa, soundfile and their needs; omegaconf and hydra-core for the
-# authors' code), a copy of the authors' repository from $AUTHORS (a git directory or a
-# checkout: the `fetch` tool's github:romainloiseau/a-model-you-can-hear) and refbench.py.
+# `fetch` puts into .gpu/ (ignored by git: it adds `/.gpu/` to .git/info/exclude) the wheels
+# the GPU image lacks (librosa, soundfile and their needs; the instruments' renderer;
+# omegaconf and hydra-core for the authors' code; not espeak-ng's 10 MB: the tree and the
+# wheels must stay under the device's 64 MiB; 12 MB in all), a copy of the authors'
+# repository from $AUTHORS (a git directory or a checkout: the `fetch` tool's
+# github:romainloiseau/a-model-you-can-hear) and refbench.py.
 # Call the device with carry [".gpu"] and the command `bash docs/scripts/gpu_session.sh bench`,
 # then at once (the machine stays warm 30 s) with `... tests`. At most 8 files come back from
 # each call's $OUT; each writes env.txt and:
@@ -24,7 +26,7 @@
 #   tiles.txt          the error alone: forward, backward, and backward without the
 #                      prototypes' gradient (its atomic adds), per tile and backward split
 #   tests.log          (tests) the whole suite on the GPU, but the book's and the browser's
-#                      (no notebook stack there) and the built-in datasets' (no renderers)
+#                      (no notebook stack there) and the speakers' (no espeak-ng)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 here=.gpu
@@ -40,6 +42,7 @@ fetch() {
         librosa==0.11.0 soundfile==0.14.0 soxr==1.1.0 audioread pooch platformdirs decorator \
         "omegaconf<2.4" hydra-core cffi pycparser nbformat fastjsonschema \
         jsonschema jsonschema-specifications referencing rpds-py jupyter_core traitlets \
+        pretty_midi==0.2.11.post0 mido importlib_resources tinysoundfont==0.3.7 \
         2>&1 | grep -v "is ignored: it is neither" || true
     # omegaconf's parser runtime is published as source only: a pure-Python wheel built here
     python3 -m pip wheel --quiet --no-deps -w "$here/wheels" antlr4-python3-runtime==4.9.3 \
@@ -64,8 +67,9 @@ setup() {
         --target /tmp/site "$here"/wheels/*.whl 2>&1 | tail -2
     export PYTHONPATH=/tmp/site:$PWD
     {
-        python3 -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, \
-'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name())"
+        python3 -c "import sys, torch, triton; print(sys.version); \
+                    print('torch', torch.__version__, 'cuda', torch.version.cuda); \
+                    print('triton', triton.__version__, torch.cuda.get_device_name())"
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
     } > "$out/env.txt" 2>&1
 }
@@ -94,8 +98,7 @@ bench() {  # in order of importance, each bounded: at most 580 s of the call's 6
 tests() {
     timeout 280 python3 -m pytest -q -n 14 -p no:cacheprovider tests \
         --ignore tests/test_book.py --ignore tests/test_book_pages.py \
-        --ignore tests/test_browser.py --ignore tests/test_instruments.py \
-        --ignore tests/test_speakers.py > "$out/tests.log" 2>&1
+        --ignore tests/test_browser.py --ignore tests/test_speakers.py > "$out/tests.log" 2>&1
     tail -5 "$out/tests.log"
 }
 
