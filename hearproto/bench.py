@@ -55,7 +55,8 @@ def _peak_rss_bytes() -> int:
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
                k_chunk: int = TrainConfig.k_chunk, bf16: bool = False, threads: int | None = None,
                compiled: bool = True, kernel: str = "fused", profile: int = 0,
-               malloc: str = "retain", graphs: bool = False) -> dict:
+               malloc: str = "retain", graphs: bool = False,
+               cudnn_benchmark: bool = False) -> dict:
     """Time ``repeats`` training steps (after one warm-up) in this process. ``kernel``:
     ``fused`` (:mod:`hearproto.kernels`) or ``torch`` (chunks of tensor operations,
     ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``). ``malloc``:
@@ -63,7 +64,9 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     :func:`hearproto.memory.retain_freed_memory`) or ``system`` (glibc's default). ``profile``
     > 0 adds the ``profile`` operations that take the most time over two more steps
     (torch.profiler; device time on CUDA), as ``[name, ms per step, calls per step]``.
-    ``graphs``: the step is recorded as a CUDA graph and replayed (CUDA only)."""
+    ``graphs``: the step is recorded as a CUDA graph and replayed (CUDA only).
+    ``cudnn_benchmark``: cuDNN times its algorithms for each convolution's shapes first and
+    keeps the fastest (``torch.backends.cudnn.benchmark``; CUDA only)."""
     from hearproto.frontend import PRESETS
     from hearproto.kernels import fused_available, use_backend
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
@@ -77,6 +80,9 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     dev = torch.device(device)
     if graphs and dev.type != "cuda":
         raise ValueError(f"graphs=True needs a CUDA device (CUDA graphs), got {device!r}")
+    if cudnn_benchmark and dev.type != "cuda":
+        raise ValueError(f"cudnn_benchmark=True needs a CUDA device, got {device!r}")
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     if malloc not in MALLOC_CHOICES:
         raise ValueError(f"unknown malloc {malloc!r}; choose from "
                          f"{', '.join(MALLOC_CHOICES)}")
@@ -130,6 +136,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     result = {"shape": shape, "K": k, "T": t, "F": 128, "batch_size": batch_size,
               "device": device, "kernel": kernel, "bf16": bf16, "k_chunk": k_chunk,
               "compiled": compiled and kernel == "torch", "graphs": graphs,
+              "cudnn_benchmark": cudnn_benchmark,
               "threads": torch.get_num_threads(), "malloc": "retain" if retained else "system",
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
@@ -211,10 +218,12 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
                    reference_python: str | None = None,
                    refbench: str | Path | None = None, profile: int = 0,
                    mallocs: list[str] | None = None, graphs: list[bool] | None = None,
-                   separate: bool | None = None) -> dict:
+                   separate: bool | None = None,
+                   cudnn_benchmarks: list[bool] | None = None) -> dict:
     """Every (shape, batch size, kernel, malloc, graphs), the kernels side by side (default:
     fused and torch; ``mallocs`` default: retain; ``graphs`` default: off), and the authors'
-    code when ``reference`` names its checkout. ``separate``: each row in a fresh subprocess
+    code when ``reference`` names its checkout; ``cudnn_benchmarks`` (default: off) as
+    ``graphs``. ``separate``: each row in a fresh subprocess
     (default on the CPU, where a row's peak memory is its process's); else all rows in one
     (default on CUDA: CUDA starts once). Returns a JSON-ready dict."""
     if device == "auto":
@@ -222,9 +231,12 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
     shapes, batch_sizes = shapes or list(SHAPES), batch_sizes or [16, 128]
     kernels = kernels or ["fused", "torch"]
     mallocs = mallocs or ["retain"]
-    graphs = graphs or [False]
+    graphs, cudnn_benchmarks = graphs or [False], cudnn_benchmarks or [False]
     if any(graphs) and not device.startswith("cuda"):
         raise SettingError("graphs", f"CUDA graphs need a CUDA device, got {device!r}")
+    if any(cudnn_benchmarks) and not device.startswith("cuda"):
+        raise SettingError("cudnn_benchmark", f"cuDNN's autotuner needs a CUDA device, got "
+                           f"{device!r}")
     if separate is None:
         separate = not device.startswith("cuda")
     for malloc in mallocs:
@@ -241,9 +253,11 @@ def run_benchmarks(device: str = "auto", shapes: list[str] | None = None,
                                      reference_python, refbench) if reference else {})
     rows = [{"shape": shape, "batch_size": batch_size, "device": device, "repeats": repeats,
              "k_chunk": k_chunk, "bf16": bf16, "threads": threads, "compiled": compiled,
-             "kernel": kernel, "profile": profile, "malloc": malloc, "graphs": graphed}
-            for shape, batch_size, kernel, malloc, graphed
-            in itertools.product(shapes, batch_sizes, kernels, mallocs, graphs)]
+             "kernel": kernel, "profile": profile, "malloc": malloc, "graphs": graphed,
+             "cudnn_benchmark": tuned}
+            for shape, batch_size, kernel, malloc, graphed, tuned
+            in itertools.product(shapes, batch_sizes, kernels, mallocs, graphs,
+                                 cudnn_benchmarks)]
     results = []
     for group in ([[row] for row in rows] if separate else [rows]):
         for row in _in_subprocess(group):
@@ -292,7 +306,8 @@ def format_table(report: dict) -> str:
                                 for r in report["results"]) else "anchor"
     lines = [f"{report['device']} ({report['device_name']}), torch {report['torch']}; "
              f"authors' code: {'measured in this run' if source == 'reference' else 'anchor figures (ANCHORS)'}",
-             f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'graph':>5} {'s/step':>8} "
+             f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'graph':>5} {'cudnn':>5} "
+             f"{'s/step':>8} "
              f"{'clips/s':>8} "
              f"{'peak GB':>8} "
              f"{'authors clips/s, GB':>20} {'speed-up':>8}"]
@@ -306,6 +321,7 @@ def format_table(report: dict) -> str:
             authors = r[f"{source}_error"][:20]
         lines.append(f"{r['shape']:12} {r['batch_size']:>4} {r.get('kernel', ''):>6} "
                      f"{r.get('malloc', ''):>6} {'yes' if r.get('graphs') else 'no':>5} "
+                     f"{'tuned' if r.get('cudnn_benchmark') else '-':>5} "
                      f"{r['seconds_per_step']:>8.3f} "
                      f"{r['clips_per_second']:>8.1f} {r['peak_memory_gb']:>8.2f} {authors:>20} "
                      f"{ratio:>8}")

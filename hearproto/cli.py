@@ -384,6 +384,7 @@ def _bench(args: argparse.Namespace) -> int:
         compiled=not args.no_compile, kernels=args.kernels.split(","), reference=args.reference,
         reference_python=args.reference_python, refbench=args.refbench, profile=args.profile,
         mallocs=args.malloc.split(","), graphs=_on_off(args.graphs, "graphs"),
+        cudnn_benchmarks=_on_off(args.cudnn_benchmark, "cudnn_benchmark"),
         separate={"rows": True, "together": False}.get(args.processes))
     print(json.dumps(report, indent=1) if args.json else format_table(report))
     return 0
@@ -578,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--graphs", default="off", metavar="off,on",
                        help="record the step as a CUDA graph and replay it: off, on, or "
                        "off,on for both rows (CUDA; default: off)")
+    bench.add_argument("--cudnn-benchmark", default="off", metavar="off,on",
+                       help="let cuDNN time its algorithms for the step's shapes first and keep "
+                       "the fastest: off, on, or off,on (CUDA; default: off)")
     bench.add_argument("--processes", choices=("auto", "rows", "together"), default="auto",
                        help="a fresh process per row (CPU default: its own peak memory) or "
                        "all rows together (CUDA default: CUDA starts once)")

@@ -97,5 +97,7 @@ def test_graphs_are_refused_off_cuda(capsys):
     assert "CUDA graphs need a CUDA device, got 'cpu' (--graphs)" in capsys.readouterr().err
     assert cli.main(["bench", "--graphs", "sometimes"]) == 2
     assert "graphs takes off, on or off,on" in capsys.readouterr().err
+    assert cli.main(["bench", "--cudnn-benchmark", "on", "--device", "cpu"]) == 2
+    assert "needs a CUDA device, got 'cpu' (--cudnn-benchmark)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs a CUDA device"):
         bench_step("sol", batch_size=2, graphs=True)

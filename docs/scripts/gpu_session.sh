@@ -16,8 +16,8 @@
 # each call's $OUT; each writes env.txt and:
 #
 #   env.txt            python, torch, triton, the GPU
-#   bench_fp32.json    B = 128, both shapes, fused kernel, graphs off and on, the authors
-#                      timed in the same run (refbench.py)
+#   bench_fp32.json    B = 128, both shapes, fused kernel, graphs off and on, cuDNN's
+#                      autotuner off and on, the authors timed in the same run (refbench.py)
 #   bench_bf16.json    the same with bf16 autocast
 #   profile.txt        the 15 costliest operations of a step, graphs off and on (device time)
 #   bench_default.txt  `hearproto bench --device cuda` with its defaults, twice, and their wall
@@ -79,7 +79,7 @@ bench() {  # in order of importance, each bounded: at most 580 s of the call's 6
     [[ -d $here/authors/amodelyoucanhear && -f $here/refbench.py ]] &&
         reference=(--reference "$here/authors" --refbench "$here/refbench.py")
     local rows=(python3 -m hearproto.cli bench --device cuda --batch-sizes 128 --kernels fused
-                --repeats 20 --graphs off,on)
+                --repeats 20 --graphs off,on --cudnn-benchmark off,on)
     timeout 150 "${rows[@]}" "${reference[@]}" --json > "$out/bench_fp32.json" 2>&1
     timeout 60 "${rows[@]}" --bf16 --json > "$out/bench_bf16.json" 2>&1
     timeout 100 python3 docs/scripts/graphs_train.py > "$out/graphs_train.txt" 2>&1
