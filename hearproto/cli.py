@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
     train.add_argument("--cuda-graphs", action="store_true",
                        help="on CUDA, record each training step once as a CUDA graph and "
-                       "replay it (the same numbers, far fewer launches)")
+                       "replay it (the same computation, far fewer launches)")
     train.add_argument("--limit-per-class", type=int, metavar="N")
     train.add_argument("--n-speakers", default="128", metavar="K",
                        help="librispeech: the K speakers with the most audio, or 'all'")
