@@ -5,7 +5,9 @@ loss with cross-entropy, backward and an AdamW update, on random log-Mels; with 
 recorded once as a CUDA graph and replayed (:mod:`hearproto.training.graphs`). On the CPU each
 row runs in a fresh subprocess so that its peak memory is its own (the peak resident set
 size, VmHWM); on CUDA all rows share one subprocess, which starts CUDA once, and each row's
-peak is ``torch.cuda.max_memory_allocated`` since it began.
+peak is ``torch.cuda.max_memory_allocated`` over its timed steps (with graphs, from its first
+eager step on: a replay allocates nothing), and ``peak_reserved_gb`` what the caching
+allocator held (a graph keeps a memory pool of its own).
 
 The authors' implementation is the yardstick. With ``reference=`` (``--reference DIR``, a
 checkout of their public repository) it is timed in the same run by ``refbench.py`` (the
@@ -117,13 +119,16 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     def step() -> None:
         graphed(x, y)
 
+    if graphs:  # a replay allocates nothing: its memory is what the eager steps and the
+        torch.cuda.reset_peak_memory_stats()  # recording held, so the peak counts from here
     for _ in range(graphed.warmup + 1 if graphs else 1):  # eager steps, then the recording
         step()
     if graphs and not graphed.replays:
         raise RuntimeError(f"the step could not be recorded as a CUDA graph: {graphed.failed}")
     if dev.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if not graphs:
+            torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -140,6 +145,8 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
               "threads": torch.get_num_threads(), "malloc": "retain" if retained else "system",
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
+    if dev.type == "cuda":  # what the caching allocator held: a graph keeps a pool of its own
+        result["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
     if profile:
         result["profile"] = _profile(step, dev, profile)
     anchor = ANCHORS.get((dev.type, shape, batch_size))
