@@ -65,12 +65,19 @@ class CudaGraph:
     @staticmethod
     @contextmanager
     def warmup_stream() -> Iterator[None]:
-        """Run the block on a side stream (eager steps before a capture must)."""
-        side = torch.cuda.Stream()
+        """Run the block on a side stream (eager steps before a capture must), one per device
+        for the whole process, so that the memory its steps free is reused by the next."""
+        device = torch.cuda.current_device()
+        if device not in _SIDE_STREAMS:
+            _SIDE_STREAMS[device] = torch.cuda.Stream()
+        side = _SIDE_STREAMS[device]
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             yield
         torch.cuda.current_stream().wait_stream(side)
+
+
+_SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
 
 
 @dataclass
