@@ -294,7 +294,8 @@ def _in_subprocess(rows: list[dict]) -> list[dict]:
         failed = rows[len(results)] if len(results) < len(rows) else rows[-1]
         raise RuntimeError(f"benchmark {failed['shape']} B={failed['batch_size']} "
                            f"({failed['kernel']}, malloc {failed['malloc']}, graphs "
-                           f"{'on' if failed['graphs'] else 'off'}) failed:\n"
+                           f"{'on' if failed['graphs'] else 'off'}, cuDNN autotuner "
+                           f"{'on' if failed.get('cudnn_benchmark') else 'off'}) failed:\n"
                            f"{done.stderr[-2000:]}")
     return results
 
@@ -314,9 +315,7 @@ def format_table(report: dict) -> str:
     lines = [f"{report['device']} ({report['device_name']}), torch {report['torch']}; "
              f"authors' code: {'measured in this run' if source == 'reference' else 'anchor figures (ANCHORS)'}",
              f"{'shape':12} {'B':>4} {'kernel':>6} {'malloc':>6} {'graph':>5} {'cudnn':>5} "
-             f"{'s/step':>8} "
-             f"{'clips/s':>8} "
-             f"{'peak GB':>8} "
+             f"{'s/step':>8} {'clips/s':>8} {'peak GB':>8} "
              f"{'authors clips/s, GB':>20} {'speed-up':>8}"]
     for r in report["results"]:
         authors, ratio = "", ""
