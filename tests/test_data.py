@@ -283,6 +283,42 @@ def test_builtin_generation_is_atomic_and_guarded(tmp_path, monkeypatch):
     assert (foreign / "precious.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("stale", [False, True], ids=["new", "regenerated"])
+def test_a_generation_that_finishes_second_keeps_the_first_ones_dataset(tmp_path, monkeypatch,
+                                                                         stale):
+    """Two processes generating the same dataset at once (parallel tests, two experiments
+    started together): the one that publishes second uses the first one's dataset."""
+    root = tmp_path / "gen"
+    renders = []
+
+    def render(out_dir: Path, limit_per_class=None, seed=0, progress=True):
+        renders.append(out_dir)
+        if len(renders) == 1 + stale:  # meanwhile, the other process finishes first
+            registry.ensure_generated("speakers", root, limit_per_class, seed, progress=False)
+        rows = []
+        for i in range(3):
+            (out_dir / "x").mkdir(exist_ok=True)
+            sf.write(out_dir / "x" / f"{i}.flac", tone(300.0 + 20 * i + len(renders)), SR)
+            rows.append({"path": f"x/{i}.flac", "label": "x"})
+        return rows
+
+    monkeypatch.setattr(registry, "_renderer", lambda name: render)
+    if stale:  # an older generator's dataset is there: both processes regenerate it
+        registry.ensure_generated("speakers", root, None, 0, progress=False)
+        monkeypatch.setattr(registry, "generator_digest", lambda name: "a newer generator")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*was made by another version")
+        table = registry.ensure_generated("speakers", root, None, 0, progress=False)
+    assert len(renders) == 2 + stale
+    published = pd.read_csv(root / registry.GENERATED_TABLE, dtype={"path": str, "label": str})
+    marker = json.loads((root / registry.GENERATOR_MARKER).read_text())
+    assert marker["generator"] == registry.generator_digest("speakers")
+    assert sorted(p.name for p in (root / "x").iterdir()) == ["0.flac", "1.flac", "2.flac"]
+    assert table["path"].tolist() == ["x/0.flac", "x/1.flac", "x/2.flac"]
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), published)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
 @pytest.mark.parametrize("name, min_classes", [("instruments", 24), ("speakers", 32)])
 def test_builtin_datasets_are_deterministic(tmp_path, name, min_classes):
     one = prepare_dataset(name, root=tmp_path / "one", limit_per_class=2, progress=False)

@@ -91,8 +91,10 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
                      progress: bool = True) -> pd.DataFrame:
     """Generate built-in dataset ``name`` into ``root`` unless it is already there: render,
     then give every clip recording conditions of its own (:mod:`hearproto.data.conditions`).
-    Data made by an older generator is regenerated. Returns the clip table (``path``,
-    ``label``, the generator's attributes, the conditions)."""
+    Data made by an older generator is regenerated. Several processes may ask at once (tests in
+    parallel, experiments started together): each generates, the first to finish publishes, the
+    others use its data. Returns the clip table (``path``, ``label``, the generator's
+    attributes, the conditions)."""
     from hearproto.data.conditions import condition_clips
 
     remove_stale_temporaries(root.parent, f"{root.name}-")  # what a killed generation left
@@ -130,10 +132,25 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
             publish_folder(tmp, root)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            if root.exists():
-                root.rmdir()  # empty, checked above
-            publish_folder(tmp, root)
+            try:
+                if root.exists():
+                    root.rmdir()  # empty, checked above
+                publish_folder(tmp, root)
+            except OSError:  # another process generated it meanwhile: keep what it published
+                if not _generated_here(root, wanted, generator):
+                    raise
+                return pd.read_csv(root / GENERATED_TABLE, dtype={"path": str, "label": str})
     return table.astype({"path": str, "label": str})
+
+
+def _generated_here(root: Path, wanted: dict, generator: str) -> bool:
+    """Whether ``root`` holds the complete dataset ``wanted`` made by ``generator``."""
+    try:
+        found = json.loads((root / GENERATOR_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return found.get("generator") == generator and all(
+        found.get(k) == v for k, v in wanted.items())
 
 
 # --------------------------------------------------------------------------------------------
