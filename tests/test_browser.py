@@ -313,8 +313,8 @@ def test_the_claims_table_renders_with_a_verdict_per_finding(visit):
         cells = rows.nth(i).locator("td")
         assert cells.nth(0).inner_text().strip() == finding
         verdicts = [cells.nth(j).inner_text() for j in range(1, cells.count())]
-        assert verdicts and all(v.startswith(("✓ holds", "✗ does not hold", "· not measured"))
-                                for v in verdicts), verdicts
+        assert verdicts and all(v.startswith(("✓ holds", "✗ does not hold", "○ undecided",
+                                              "· not measured")) for v in verdicts), verdicts
     opened.check()
 
 

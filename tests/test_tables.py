@@ -16,7 +16,9 @@ from hearproto.runner import runs as runs_module
 from hearproto.runner.experiments import write_provenance
 from hearproto.runner.paper import paper_table1, paper_table3
 from hearproto.runner.runs import run_config
-from hearproto.runner.tables import FLOORS, table1, table2, table3, write_tables
+from hearproto.runner.tables import (FLOORS, TABLE3_METHODS, headline_note, headline_table,
+                                     headline_view, table1, table1_note, table2, table3,
+                                     write_tables)
 from hearproto.training import TrainConfig
 
 
@@ -58,6 +60,7 @@ def test_tables_train_once_and_carry_provenance(tones, tmp_path):
     assert list(table["method"]) == ["Direct Classification", "APNet", "Ours supervised",
                                      FLOORS["probe"]]
     assert (table["seeds"] == 1).all() and table[["OA", "AA"]].stack().between(0, 100).all()
+    assert table["OA ci95"].isna().all() and (table["clips"] == 3).all()  # one seed: no interval
     train, test = (prepare_dataset("folder", root=str(tones)).split(s, crop_frames=None)
                    for s in ("train", "test"))
     assert table.loc[3, "OA"] == linear_probe(train, test)["OA"]  # on the runs' own split
@@ -83,6 +86,60 @@ def test_tables_train_once_and_carry_provenance(tones, tmp_path):
     written = write_tables("table3", table, rows, folder)
     assert [p.name for p in written] == ["table3.csv", "table3.md", "table3_runs.csv"]
     assert len(pd.read_csv(folder / "table3_runs.csv")) == 3
+    assert "±" not in (folder / "table3.md").read_text()
+    assert {"OA ci95", "seeds", "clips"} <= set(pd.read_csv(folder / "table3.csv").columns)
+    assert "; 1 seed, no interval (seed 0)" in headline_note("folder", "ci", rows, [0])
+
+
+def _seed_rows(values: dict[str, list[float]]) -> pd.DataFrame:
+    """Runs rows of Table 3's methods: per method label, one OA per seed."""
+    return pd.DataFrame([{"method": method, "seed": seed, "OA": oa, "AA": oa, "L_rec": None,
+                          "clips": 330, "train_minutes": 1.0, "trained_on": "cpu"}
+                         for method, seeds in values.items() for seed, oa in enumerate(seeds)])
+
+
+def test_headline_cells_are_the_mean_and_the_half_width_of_its_95_interval(tmp_path):
+    """Three seeds: mean ± t_{0.975, 2} s / sqrt(3) (t = 4.302653); one seed: the value alone,
+    and the note says so."""
+    runs = _seed_rows({"Direct Classification": [70.0, 75.0, 80.0], "APNet": [60.0],
+                       "Ours supervised": [80.0, 81.0, 82.0]})
+    table = headline_table(runs, TABLE3_METHODS, ("OA", "AA", "L_rec"))
+    assert list(table["seeds"]) == [3, 1, 3] and list(table["clips"]) == [330] * 3
+    assert table.loc[0, "OA"] == 75.0
+    assert table.loc[0, "OA ci95"] == pytest.approx(4.302653 * 5 / 3 ** 0.5, rel=1e-6)
+    assert pd.isna(table.loc[1, "OA ci95"])
+    shown = headline_view(table)
+    assert list(shown["OA"]) == ["75.0 ± 12.4", "60.0", "81.0 ± 2.5"]
+    assert list(shown["L_rec"]) == ["—"] * 3
+    note = headline_note("instruments", "small", runs, [0, 1, 2])
+    assert ("the mean over seeds 0, 1, 2 ± the half-width of its 95 % confidence interval "
+            "(Student t); APNet: 1 seed, no interval.") in note
+    write_tables("table3", table, runs, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text()
+    assert "| Direct Classification |       3 | 75.0 ± 12.4 |" in markdown
+    assert pd.read_csv(tmp_path / "table3.csv").loc[0, "OA ci95"] == table.loc[0, "OA ci95"]
+
+
+def test_table1_shows_the_other_seeds_whose_runs_exist(tones):
+    """Seed 1's runs exist (its supervised run without the cross-entropy stage), seed 2's do
+    not: the column lists seed 1 at each stage, — where it lacks one; nothing is trained."""
+    runs_module.train_runs("ci", ["folder"], ["ours-unsupervised", "ours-supervised"], [1],
+                           device="cpu", root=str(tones), progress=False, report=lambda _: None)
+    supervised = Path(run_config("ours-supervised", "folder", "ci", 1, str(tones)).out)
+    (supervised / "stages" / "ce.pt").unlink()
+    table, rows = table1("folder", "ci", root=str(tones), device="cpu", progress=False,
+                         seeds=(0, 1, 2))
+    assert list(table.columns[:4]) == ["mode", "stage", "OA", "OA other seeds"]
+    assert len(table) == 10 and sorted(rows["seed"].unique()) == [0, 1]
+    assert table["OA other seeds"].iloc[-1] == "—"  # supervised + cross-entropy, seed 1
+    assert table["OA other seeds"].iloc[:-1].str.fullmatch(r"\d+\.\d").all()
+    assert not Path(run_config("ours-supervised", "folder", "ci", 2, str(tones)).out).exists()
+    assert table1_note(rows, 0, (0, 1, 2)) == (
+        "`OA other seeds`: the validation OA of seeds 1 at the same stage, in that order; seeds 2 "
+        "have no runs here; — where a run of seeds 1 has not reached the stage.")
+    alone, alone_rows = table1("folder", "ci", root=str(tones), device="cpu", progress=False)
+    assert "OA other seeds" not in alone.columns  # ci's seeds: 0 alone
+    assert table1_note(alone_rows, 0, (0,)) == "One seed (0), so no spread over seeds."
 
 
 def test_provenance_records_what_made_the_tables(tones, tmp_path):

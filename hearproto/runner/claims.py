@@ -2,11 +2,23 @@
 the Introduction's claims table. Every verdict is computed here from the numbers, none typed.
 
 A finding *holds* on a dataset when its numbers say so, *does not hold* when they say
-otherwise, and is *not measured* when the table it needs is missing. How "audible and
-distinct" is measured (:func:`prototype_statistics`): every prototype played at -3 dBFS is a
-steady sound, not a click (RMS above :data:`AUDIBLE_RMS_DBFS`), and differs from its nearest
-other prototype by at least :data:`DISTINCT_DB` in spectral shape (the RMS difference of their
-spectra in dB over the mel bands, once their levels are matched, since a gain absorbs level).
+otherwise, is *undecided* when the difference it rests on is within the noise, and is *not
+measured* when the table it needs is missing.
+
+Accuracies are compared with 95 % intervals of their difference (:func:`difference`): over
+seeds, each side's Student t interval of its mean (Tables 2 and 3's ``ci95`` columns; a one-seed
+side counts as a point), and over clips, the normal interval of a difference of two proportions
+measured on the split's clips (independent samples: conservative for two models scored on the
+same clips). Where both exist the wider one decides, so a comparison is decided only when both
+intervals exclude zero; with neither (one seed each, no clip count) it is undecided. Table 1's
+steps from stage to stage are decided on its validation clips alone; its L_rec has no interval
+and is compared as measured.
+
+How "audible and distinct" is measured (:func:`prototype_statistics`): every prototype
+played at -3 dBFS is a steady sound, not a click (RMS above :data:`AUDIBLE_RMS_DBFS`), and
+differs from its nearest other prototype by at least :data:`DISTINCT_DB` in spectral shape (the
+RMS difference of their spectra in dB over the mel bands, once their levels are matched, since
+a gain absorbs level).
 """
 
 from __future__ import annotations
@@ -17,12 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from hearproto.frontend import LOG_RANGE, FrontEnd
 from hearproto.runner.paper import STAGE_LABELS
 
-__all__ = ["FINDINGS", "Verdict", "AUDIBLE_RMS_DBFS", "DISTINCT_DB", "prototype_statistics",
-           "check_findings", "claims_table", "findings_markdown"]
+__all__ = ["FINDINGS", "Verdict", "LABELS", "CONFIDENCE", "Estimate", "seed_half_width",
+           "clips_half_width", "difference", "compare", "AUDIBLE_RMS_DBFS", "DISTINCT_DB",
+           "prototype_statistics", "check_findings", "claims_table", "findings_markdown"]
 
 #: (key, the finding as the paper states it).
 FINDINGS: tuple[tuple[str, str], ...] = (
@@ -42,19 +56,96 @@ DB_PER_UNIT = 10.0 * LOG_RANGE
 #: Table 1's rows of the transformation stages, in curriculum order, and of cross-entropy.
 TRANSFORMATION_STAGES = tuple(STAGE_LABELS[s] for s in ("raw", "gain", "pitch", "filters"))
 CROSS_ENTROPY_STAGE = STAGE_LABELS["ce"]
+#: Every verdict's label.
+LABELS = ("holds", "does not hold", "undecided", "not measured")
+#: The confidence of every interval here.
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
 class Verdict:
-    holds: bool | None  # None: not measured
+    """A finding's verdict on one dataset: ``holds`` True, False or None (undecided, or not
+    measured when ``measured`` is False), and the numbers it rests on."""
+
+    holds: bool | None
     evidence: str
+    measured: bool = True
 
     @property
     def label(self) -> str:
-        return {True: "holds", False: "does not hold", None: "not measured"}[self.holds]
+        """One of :data:`LABELS`."""
+        if not self.measured:
+            return "not measured"
+        return {True: "holds", False: "does not hold", None: "undecided"}[self.holds]
 
 
-NOT_MEASURED = Verdict(None, "no table yet")
+NOT_MEASURED = Verdict(None, "no table yet", measured=False)
+
+
+def seed_half_width(std: float, seeds: int) -> float | None:
+    """Half-width of the 95 % Student t interval of a mean over ``seeds`` values whose sample
+    standard deviation is ``std``: t_{0.975, seeds-1} · std / sqrt(seeds); None below two."""
+    if seeds < 2 or not np.isfinite(std):
+        return None
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, seeds - 1) * std / np.sqrt(seeds))
+
+
+def clips_half_width(a: float, b: float, clips_a: int, clips_b: int) -> float:
+    """Half-width of the 95 % normal interval of ``a - b``, two accuracies in percent measured
+    on ``clips_a`` and ``clips_b`` clips (a difference of two proportions)."""
+    p, q = a / 100, b / 100
+    spread = np.sqrt(max(p * (1 - p), 0.0) / clips_a + max(q * (1 - q), 0.0) / clips_b)
+    return float(100 * stats.norm.ppf(0.5 + CONFIDENCE / 2) * spread)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An accuracy in percent: the mean over ``seeds`` seeds, the half-width of its seed
+    interval (None with one seed), and the clips it was measured on (None if unknown)."""
+
+    mean: float
+    half_width: float | None = None
+    seeds: int = 1
+    clips: int | None = None
+
+    def __str__(self) -> str:
+        if self.half_width is None:
+            return f"{self.mean:.1f} % ({self.seeds} seed{'s' if self.seeds != 1 else ''})"
+        return f"{self.mean:.1f} ± {self.half_width:.1f} % ({self.seeds} seeds)"
+
+
+def difference(a: Estimate, b: Estimate) -> tuple[float, float | None, str]:
+    """``a - b``, the half-width of its 95 % interval and which interval that is: the wider of
+    the seed one (the two seed intervals' half-widths added, so it excludes zero exactly when
+    they do not overlap) and the clips one (:func:`clips_half_width`); None, "" if neither
+    exists."""
+    widths = {}
+    if a.half_width is not None or b.half_width is not None:
+        widths["seeds"] = (a.half_width or 0.0) + (b.half_width or 0.0)
+    if a.clips and b.clips:
+        widths["clips"] = clips_half_width(a.mean, b.mean, a.clips, b.clips)
+    if not widths:
+        return a.mean - b.mean, None, ""
+    source = max(widths, key=widths.get)
+    return a.mean - b.mean, widths[source], source
+
+
+def compare(a: Estimate, b: Estimate) -> bool | None:
+    """Whether ``a`` lies above ``b``: True when the interval of the difference
+    (:func:`difference`) lies above zero, False when below, None when it holds zero or there
+    is none."""
+    delta, width, _ = difference(a, b)
+    if width is None:
+        return None
+    return True if delta > width else False if delta < -width else None
+
+
+def _difference_text(a: Estimate, b: Estimate, source_shown: bool = True) -> str:
+    delta, width, source = difference(a, b)
+    if width is None:
+        return f"{delta:+.1f}, no interval"
+    where = f"{min(a.clips, b.clips)} clips" if source == "clips" else "seeds"
+    return f"{delta:+.1f} ± {width:.1f}" + (f" ({where})" if source_shown else "")
 
 
 def _arrow(values) -> str:
@@ -79,48 +170,82 @@ def _supervised_oa(table1: pd.DataFrame) -> pd.Series | None:
     return rows.reindex(wanted).astype(float) if set(wanted) <= set(rows.index) else None
 
 
+def _clips(table: pd.DataFrame) -> int | None:
+    """The clips a table's accuracies were measured on (its ``clips`` column)."""
+    if "clips" not in table.columns or table["clips"].isna().all():
+        return None
+    return int(table["clips"].dropna().iloc[0])
+
+
+def _step(oa: pd.Series, before: str, after: str, clips: int | None) -> bool | None:
+    """Whether validation OA rises from stage ``before`` to ``after`` beyond the noise."""
+    return compare(Estimate(oa[after], clips=clips), Estimate(oa[before], clips=clips))
+
+
 def _check_stages(table1: pd.DataFrame) -> Verdict:
     oa = _supervised_oa(table1)
     if oa is None:
         return NOT_MEASURED
-    values = oa.to_numpy()
-    drops = [f"{b} ({oa[b]:.1f} after {oa[a]:.1f})" for a, b in zip(oa.index, oa.index[1:])
-             if oa[b] < oa[a]]
-    evidence = f"OA {_arrow(values)} %" + (f"; falls at {', '.join(drops)}" if drops else "")
-    return Verdict(not drops, evidence)
+    clips = _clips(table1)
+    steps = [(a, b, _step(oa, a, b, clips)) for a, b in zip(oa.index, oa.index[1:])]
+
+    def shown(a: str, b: str) -> str:
+        change = _difference_text(Estimate(oa[b], clips=clips), Estimate(oa[a], clips=clips),
+                                  source_shown=False)
+        return f"{b} ({oa[b]:.1f} after {oa[a]:.1f}, {change})"
+
+    falls = [shown(a, b) for a, b, rise in steps if rise is False]
+    noise = [shown(a, b) for a, b, rise in steps if rise is None]
+    evidence = f"OA {' → '.join(f'{v:.1f}' for v in oa)} %" + (
+        f" on {clips} validation clips" if clips else ", no clip count: no interval")
+    if falls:
+        evidence += f"; falls at {', '.join(falls)}"
+    if noise:
+        evidence += f"; within the noise at {', '.join(noise)}"
+    return Verdict(False if falls else None if noise else True, evidence)
 
 
 def _check_cross_entropy(table1: pd.DataFrame) -> Verdict:
     oa = _supervised_oa(table1)
     if oa is None:
         return NOT_MEASURED
-    before, after = oa[TRANSFORMATION_STAGES[-1]], oa[CROSS_ENTROPY_STAGE]
-    return Verdict(bool(after > before), f"OA {before:.1f} → {after:.1f} %")
+    before, after = TRANSFORMATION_STAGES[-1], CROSS_ENTROPY_STAGE
+    clips = _clips(table1)
+    change = _difference_text(Estimate(oa[after], clips=clips), Estimate(oa[before], clips=clips))
+    return Verdict(_step(oa, before, after, clips),
+                   f"OA {oa[before]:.1f} → {oa[after]:.1f} %, {change}")
 
 
-def _mean(table: pd.DataFrame, method: str) -> tuple[float, float] | None:
+def _estimate(table: pd.DataFrame, method: str) -> Estimate | None:
+    """``method``'s OA in a Table 2 or 3. Tables written before the ``ci95`` columns give
+    their interval from ``OA std`` and ``seeds``."""
     rows = table.set_index("method")
     if method not in rows.index:
         return None
-    std = rows.at[method, "OA std"] if "OA std" in rows.columns else float("nan")
-    return float(rows.at[method, "OA"]), float(std)
+    row = rows.loc[method]
+    seeds = int(row["seeds"]) if pd.notna(row.get("seeds")) else 1
+    if "OA ci95" in row.index:
+        half_width = float(row["OA ci95"]) if pd.notna(row["OA ci95"]) else None
+    else:
+        half_width = seed_half_width(float(row.get("OA std", np.nan)), seeds)
+    clips = int(row["clips"]) if pd.notna(row.get("clips")) else None
+    return Estimate(float(row["OA"]), half_width, seeds, clips)
 
 
 def _versus(table: pd.DataFrame, ours: str, others: tuple[str, ...]) -> Verdict:
-    mine = _mean(table, ours)
-    theirs = {name: _mean(table, name) for name in others}
+    mine = _estimate(table, ours)
+    theirs = {name: _estimate(table, name) for name in others}
     if mine is None or any(v is None for v in theirs.values()):
         return NOT_MEASURED
-
-    def shown(value: tuple[float, float]) -> str:
-        mean, std = value
-        return f"{mean:.1f}" + (f" ± {std:.1f}" if np.isfinite(std) and std > 0 else "")
-
-    holds = all(mine[0] > value[0] for value in theirs.values())
-    evidence = f"OA ours {shown(mine)} %, " + ", ".join(
-        f"{name} {shown(value)} %" for name, value in theirs.items())
+    decisions = [compare(mine, other) for other in theirs.values()]
+    words = {True: "above", False: "below", None: "within the noise"}
+    evidence = f"OA ours {mine} vs " + "; vs ".join(
+        f"{name} {other}: {_difference_text(mine, other)}, {words[decision]}"
+        for (name, other), decision in zip(theirs.items(), decisions))
     for floor in table.loc[table["method"].str.endswith("(floor)"), "method"]:
-        evidence += f"; {floor.removesuffix(' (floor)')}, the floor, {_mean(table, floor)[0]:.1f} %"
+        evidence += (f"; {floor.removesuffix(' (floor)')}, the floor, "
+                     f"{_estimate(table, floor).mean:.1f} %")
+    holds = False if False in decisions else True if all(decisions) else None
     return Verdict(holds, evidence)
 
 
@@ -161,8 +286,18 @@ def prototype_statistics(prototypes: torch.Tensor, names: list[str], frontend: F
 
 
 def _read(folder: Path, name: str) -> pd.DataFrame | None:
-    path = folder / name
-    return pd.read_csv(path) if path.is_file() else None
+    """Table ``name`` of ``folder``; one written without a ``clips`` column takes it from
+    its ``name_runs.csv``."""
+    path = folder / f"{name}.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    runs = folder / f"{name}_runs.csv"
+    if "clips" not in table.columns and runs.is_file():
+        clips = pd.read_csv(runs, usecols=["clips"])["clips"].dropna()
+        if not clips.empty:
+            table["clips"] = int(clips.iloc[0])
+    return table
 
 
 def _verdicts(table1: pd.DataFrame | None = None, table2: pd.DataFrame | None = None,
@@ -184,7 +319,7 @@ def check_findings(folder: str | Path) -> dict[str, Verdict]:
     """The verdict of every finding on the tables in one results folder
     (``results/SCALE/DATASET/``: table1.csv, table2.csv, table3.csv, prototypes.csv)."""
     folder = Path(folder)
-    return _verdicts(*(_read(folder, f"{name}.csv")
+    return _verdicts(*(_read(folder, name)
                        for name in ("table1", "table2", "table3", "prototypes")))
 
 
@@ -194,7 +329,7 @@ def findings_markdown(table1: pd.DataFrame | None = None, table2: pd.DataFrame |
     verdict in bold, the numbers that decide it (for the Results pages, below their table)."""
     verdicts = _verdicts(table1, table2, table3)
     return "\n".join(f"- {finding}: **{verdicts[key].label}** ({verdicts[key].evidence})."
-                      for key, finding in FINDINGS if verdicts[key].holds is not None)
+                      for key, finding in FINDINGS if verdicts[key].measured)
 
 
 def claims_table(results_root: str | Path, scale: str, datasets) -> pd.DataFrame:

@@ -5,33 +5,40 @@ Each ``tableN`` function trains what it needs (or reuses finished runs, see
 
 * ``runs``: one row per evaluated checkpoint with its full provenance
   (:data:`hearproto.runner.results.RESULT_COLUMNS`);
-* ``table``: the table as the paper prints it (for Tables 2 and 3 the mean and sample
-  standard deviation over seeds), with the paper's numbers in columns labelled with the paper's
-  dataset, e.g. ``paper SOL OA``.
+* ``table``: the table as the paper prints it, with the paper's numbers in columns labelled
+  with the paper's dataset, e.g. ``paper SOL OA``. Tables 2 and 3 give per method the mean over
+  seeds (``OA``), the half-width of its 95 % Student t interval (``OA ci95``: t_{0.975, n-1} ·
+  s / sqrt(n), empty with one seed), the number of seeds ``n`` (``seeds``) and the test clips
+  (``clips``). Table 1 gives seed 0's stages and, where other seeds' runs exist, their
+  validation OA at the same stage (``OA other seeds``).
 
-:func:`write_tables` writes both, as ``tableN.csv`` / ``tableN.md`` and ``tableN_runs.csv``.
+:func:`write_tables` writes both, as ``tableN.csv`` / ``tableN.md`` and ``tableN_runs.csv``;
+the Markdown of Tables 2 and 3 shows ``mean ± half-width`` (:func:`headline_view`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from hearproto.baselines.trainer import evaluate_baseline
 from hearproto.files import atomic_path
+from hearproto.runner.claims import seed_half_width
 from hearproto.runner.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, paper_table2, paper_table3
 from hearproto.provenance import describe_device, git_commit
 from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
 from hearproto.runner.runs import ensure_run, run_config, stage_checkpoint
-from hearproto.runner.shipped import shipped_scores
+from hearproto.runner.shipped import retraining, shipped_scores, unpack_run
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
                                 read_checkpoint, resolve_device, stages_for)
 
-__all__ = ["HEADLINE_SEEDS", "FLOORS", "headline_note", "with_spread", "evaluate_rows", "table1",
-           "table2", "table3", "write_tables"]
+__all__ = ["HEADLINE_SEEDS", "FLOORS", "headline_note", "headline_table", "headline_view",
+           "with_spread", "evaluate_rows", "table1", "table1_note", "table2", "table3",
+           "write_tables"]
 
 #: Seeds behind the headline numbers of Tables 2 and 3, per scale. ``full`` is what weights/
 #: ships: one seed so far (every run of a seed takes about 4 hours on 2 CPU cores).
@@ -81,24 +88,46 @@ def _paper_columns(dataset: str) -> str | None:
     return f"paper {PAPER_DATASET[dataset]}" if dataset in PAPER_DATASET else None
 
 
+def _existing_run(config: TrainConfig, scale: str) -> Path | None:
+    """``config``'s run folder if it is on disk or ``weights/`` ships it; never trains."""
+    out = Path(config.out)
+    if (out / "stages").is_dir() or (not retraining() and unpack_run(out, scale, config.dataset)):
+        return out
+    return None
+
+
 def table1(dataset: str, scale: str, seed: int = 0, root: str | None = None,
            device: str = "auto", runs_dir: str | os.PathLike | None = None,
-           progress: bool = True, n_speakers: int | None = 128
-           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+           progress: bool = True, n_speakers: int | None = 128,
+           seeds: Sequence[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1 (ablation): OA, AA, L_rec on the validation set at the end of each curriculum
-    stage, for our unsupervised and supervised runs."""
+    stage, for our unsupervised and supervised runs of ``seed``. The other ``seeds`` (default
+    ``HEADLINE_SEEDS[scale]``) are not trained: those whose runs exist add the column ``OA
+    other seeds``, their OA at the same stage in seed order (— where a run lacks the stage),
+    and their rows to ``runs`` (:func:`table1_note` says which)."""
+    others = [s for s in (HEADLINE_SEEDS[scale] if seeds is None else seeds) if s != seed]
     entries = []
     for mode in ("unsupervised", "supervised"):
         config = run_config(f"ours-{mode}", dataset, scale, seed, root, device, runs_dir,
                             n_speakers)
         run = ensure_run(config, progress)
         curriculum = stages_for(config.mode, config.held_stages)
-        for stage in STAGE_LABELS:
-            if stage not in curriculum:
-                continue  # unsupervised without held clusters: no cross-entropy stage
-            entries.append((stage_checkpoint(run, stage), {"method": f"ours {mode}"}))
+        # unsupervised without held clusters has no cross-entropy stage
+        stages = [stage for stage in STAGE_LABELS if stage in curriculum]
+        entries += [(stage_checkpoint(run, stage), {"method": f"ours {mode}"}) for stage in stages]
+        for other in others:
+            found = _existing_run(run_config(f"ours-{mode}", dataset, scale, other, root, device,
+                                             runs_dir, n_speakers), scale)
+            if found is None:
+                continue
+            checkpoints = [found / "stages" / f"{stage}.pt" for stage in stages]
+            entries += [(path, {"method": f"ours {mode}"}) for path in checkpoints
+                        if path.is_file()]
     runs = evaluate_rows(entries, "val", device, root)
-    table = runs[["mode", "stage", "OA", "AA", "L_rec"]].copy()
+    own = runs["seed"] == seed
+    table = runs.loc[own, ["mode", "stage", "OA", "AA", "L_rec", "clips"]].reset_index(drop=True)
+    if not own.all():
+        table.insert(3, "OA other seeds", _other_seeds(table, runs[~own]))
     paper = _paper_columns(dataset)
     for mode in ("unsupervised", "supervised") if paper else ():
         reference = paper_table1(dataset, mode).set_index("stage")
@@ -106,27 +135,59 @@ def table1(dataset: str, scale: str, seed: int = 0, root: str | None = None,
         for column in ("OA", "AA", "L_rec"):
             table.loc[rows, f"{paper} {column}"] = table.loc[rows, "stage"].map(reference[column])
     table["stage"] = table["stage"].map(STAGE_LABELS)
-    return table.reset_index(drop=True), runs
+    return table, runs
 
 
-def _headline(runs: pd.DataFrame, labels: dict[str, str], reference: pd.DataFrame,
-              dataset: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per method, in ``labels``' order."""
+def _other_seeds(table: pd.DataFrame, others: pd.DataFrame) -> list[str]:
+    """Per row of ``table`` (mode, stage), the OA of each seed of ``others`` there, in seed
+    order, — where that seed has no row."""
+    seeds = sorted(others["seed"].unique())
+    oa = others.set_index(["mode", "stage", "seed"])["OA"]
+    return [", ".join(f"{oa[(mode, stage, s)]:.1f}" if (mode, stage, s) in oa.index else "—"
+                      for s in seeds)
+            for mode, stage in zip(table["mode"], table["stage"])]
+
+
+def table1_note(runs: pd.DataFrame, seed: int, seeds: Sequence[int]) -> str:
+    """What Table 1 shows of the seeds ``seeds`` besides ``seed``: which the column ``OA other
+    seeds`` lists, which have no run, which lack stages."""
+    others = [s for s in seeds if s != seed]
+    found = sorted(int(s) for s in runs["seed"].unique() if s != seed)
+    missing = [s for s in others if s not in found]
+    if not found:
+        return (f"Seed {seed} only: seeds {', '.join(map(str, missing))} have no runs here."
+                if missing else f"One seed ({seed}), so no spread over seeds.")
+    per_seed = runs.groupby("seed").size()
+    short = [s for s in found if per_seed[s] < per_seed[seed]]
+    return (f"`OA other seeds`: the validation OA of seeds {', '.join(map(str, found))} at the "
+            "same stage, in that order"
+            + (f"; seeds {', '.join(map(str, missing))} have no runs here" if missing else "")
+            + (f"; — where a run of seeds {', '.join(map(str, short))} has not reached the stage"
+               if short else "") + ".")
+
+
+def headline_table(runs: pd.DataFrame, labels: dict[str, str], columns: tuple[str, ...],
+                   dataset: str | None = None, reference: pd.DataFrame | None = None
+                   ) -> pd.DataFrame:
+    """Per method of ``labels`` (in their order): ``seeds``, and per column of ``columns``
+    the mean over seeds and ``COLUMN ci95``, the half-width of its 95 % Student t interval
+    (None with one value); ``clips``, the test clips; ``train minutes``; then the paper's
+    columns from ``reference`` where ``dataset`` has a counterpart in the paper."""
     rows = []
     for label in labels.values():
         part = runs[runs["method"] == label]
         row = {"method": label, "seeds": len(part)}
         for column in columns:
-            values = pd.to_numeric(part[column], errors="coerce")
-            row[column] = values.mean() if values.notna().any() else None
-            # the sample standard deviation over seeds (0 with a single seed)
-            row[f"{column} std"] = (values.std(ddof=1) if values.notna().sum() > 1
-                                    else 0.0 if values.notna().any() else None)
+            values = pd.to_numeric(part[column], errors="coerce").dropna()
+            row[column] = float(values.mean()) if len(values) else None
+            row[f"{column} ci95"] = (seed_half_width(float(values.std(ddof=1)), len(values))
+                                     if len(values) > 1 else None)
+        row["clips"] = int(part["clips"].iloc[0]) if len(part) else None
         row["train minutes"] = round(float(part["train_minutes"].mean()), 2)
         rows.append(row)
     table = pd.DataFrame(rows)
-    paper = _paper_columns(dataset)
-    if paper:
+    paper = _paper_columns(dataset) if dataset else None
+    if paper and reference is not None:
         reference = reference.set_index("method")
         for column in columns:
             table[f"{paper} {column}"] = table["method"].map(reference[column])
@@ -149,8 +210,9 @@ def _clustering_or_classification(methods: dict[str, str], clustering: bool, dat
 
 def _floor(runs: pd.DataFrame, method: str, kind: str, root: str | None) -> dict:
     """The ``kind`` floor (:data:`FLOORS`) on the data of ``method``'s first run, as a row of
-    a headline table (scikit-learn is deterministic here: one "seed", no spread)."""
-    path = Path(runs.loc[runs["method"] == method, "checkpoint"].iloc[0])
+    a headline table (scikit-learn is deterministic here: one "seed", no interval)."""
+    first = runs[runs["method"] == method].iloc[0]
+    path = Path(first["checkpoint"])
     payload = read_checkpoint(path) if path.is_file() else None
     if payload is None:
         return {"method": FLOORS[kind], "seeds": 0}
@@ -158,8 +220,8 @@ def _floor(runs: pd.DataFrame, method: str, kind: str, root: str | None) -> dict
     train, test = (data.split(split, crop_frames=None) for split in ("train", "test"))
     scores = (linear_probe(train, test) if kind == "probe"
               else kmeans_clustering(train, test, seed=int(payload["config"]["seed"])))
-    return {"method": FLOORS[kind], "seeds": 1, "OA": scores["OA"], "OA std": 0.0,
-            "AA": scores["AA"], "AA std": 0.0}
+    return {"method": FLOORS[kind], "seeds": 1, "OA": scores["OA"], "AA": scores["AA"],
+            "clips": int(first["clips"])}
 
 
 def _with_floor(table: pd.DataFrame, floor: dict) -> pd.DataFrame:
@@ -170,12 +232,12 @@ def table2(dataset: str, scale: str, seeds=None, root: str | None = None, device
            runs_dir: str | os.PathLike | None = None, progress: bool = True,
            n_speakers: int | None = 128) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 2 (clustering, test set): Autoencoder + K-means, APNet + K-means, ours
-    unsupervised; OA and AA, mean and standard deviation over ``seeds``; then the floor,
-    K-means on the clips' mean log-Mel frames."""
+    unsupervised; OA and AA over ``seeds`` (:func:`headline_table`); then the floor, K-means
+    on the clips' mean log-Mel frames."""
     seeds = HEADLINE_SEEDS[scale] if seeds is None else seeds
     runs = _clustering_or_classification(TABLE2_METHODS, True, dataset, scale, seeds, root,
                                          device, runs_dir, progress, n_speakers)
-    table = _headline(runs, TABLE2_METHODS, paper_table2(dataset), dataset, ("OA", "AA"))
+    table = headline_table(runs, TABLE2_METHODS, ("OA", "AA"), dataset, paper_table2(dataset))
     return _with_floor(table, _floor(runs, TABLE2_METHODS["ours-unsupervised"], "kmeans",
                                      root)), runs
 
@@ -184,42 +246,76 @@ def table3(dataset: str, scale: str, seeds=None, root: str | None = None, device
            runs_dir: str | os.PathLike | None = None, progress: bool = True,
            n_speakers: int | None = 128) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 3 (classification, test set): Direct Classification, APNet, ours supervised; OA,
-    AA and L_rec, mean and standard deviation over ``seeds``; then the floor, a linear probe
-    on the clips' mean log-Mel frames."""
+    AA and L_rec over ``seeds`` (:func:`headline_table`); then the floor, a linear probe on
+    the clips' mean log-Mel frames."""
     seeds = HEADLINE_SEEDS[scale] if seeds is None else seeds
     runs = _clustering_or_classification(TABLE3_METHODS, False, dataset, scale, seeds, root,
                                          device, runs_dir, progress, n_speakers)
-    table = _headline(runs, TABLE3_METHODS, paper_table3(dataset), dataset, ("OA", "AA", "L_rec"))
+    table = headline_table(runs, TABLE3_METHODS, ("OA", "AA", "L_rec"), dataset,
+                           paper_table3(dataset))
     return _with_floor(table, _floor(runs, TABLE3_METHODS["ours-supervised"], "probe",
                                      root)), runs
 
 
 def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
-    """The line above Table 2 or 3: the data, the split, the seeds behind the numbers (and why
-    there is no spread with one), the device the runs trained on."""
+    """The line above Table 2 or 3: the data, the split, what a cell is, which rows have one
+    seed and so no interval, the device the runs trained on."""
     seeds = list(seeds)
-    if len(seeds) > 1:
-        spread = f"the mean ± the sample standard deviation over seeds {', '.join(map(str, seeds))}"
+    per_method = runs.groupby("method", sort=False)["seed"].nunique()
+    most = int(per_method.max())
+    if most == 1:
+        spread = (f"1 seed, no interval (seed {seeds[0]}): the paper's protocol has three, "
+                  f"which `hearproto experiments train --scale {scale} --seeds 0,1,2` trains")
     else:
-        spread = (f"one seed ({seeds[0]}), so no spread: the paper's protocol has three, which "
-                  f"`hearproto experiments train --scale {scale} --seeds 0,1,2` trains")
+        spread = (f"the mean over seeds {', '.join(map(str, seeds))} ± the half-width of its "
+                  "95 % confidence interval (Student t)")
+        fewer = [f"{method}: " + ("1 seed, no interval" if n == 1 else f"{n} seeds")
+                 for method, n in per_method.items() if n < most]
+        spread += "".join(f"; {text}" for text in fewer)
     devices = ", ".join(sorted(runs["trained_on"].dropna().unique()))
     return (f"**{dataset}**, `{scale}` scale, test split ({int(runs['clips'].iloc[0])} clips); "
             f"{spread}. Trained on {devices}.")
 
 
-def with_spread(mean: float | None, std: float | None, seeds: int) -> str:
-    """A table cell: ``mean ± std`` over several seeds, ``mean`` alone over one, — if none."""
+def with_spread(mean: float | None, half_width: float | None, seeds: int,
+                digits: int = 1) -> str:
+    """A table cell: ``mean ± half-width`` over several seeds, ``mean`` alone over one (or
+    without a half-width), — if none."""
     if mean is None or mean != mean:
         return "—"
-    return f"{mean:.1f} ± {std:.1f}" if seeds > 1 else f"{mean:.1f}"
+    if seeds > 1 and half_width is not None and half_width == half_width:
+        return f"{mean:.{digits}f} ± {half_width:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def headline_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 or 3 as shown: ``mean ± half-width`` cells (:func:`with_spread`, L_rec with
+    two decimals), the seeds, the training minutes and the paper's columns."""
+    shown = table[["method", "seeds"]].copy()
+    for column in ("OA", "AA", "L_rec"):
+        if column in table.columns:
+            digits = 2 if column == "L_rec" else 1
+            shown[column] = [with_spread(m, h, n, digits) for m, h, n in
+                             zip(table[column], table[f"{column} ci95"], table["seeds"])]
+    shown["train min"] = [with_spread(m, None, 1, 0) for m in table["train minutes"]]
+    for column in (c for c in table.columns if c.startswith("paper ")):
+        shown[column] = [with_spread(m, None, 1, 2 if "L_rec" in column else 1)
+                         for m in table[column]]
+    return shown
 
 
 def write_tables(name: str, table: pd.DataFrame, runs: pd.DataFrame,
                  folder: str | os.PathLike) -> list[Path]:
-    """Write ``name.csv``, ``name.md`` and ``name_runs.csv`` into ``folder`` (atomically)."""
+    """Write ``name.csv``, ``name.md`` and ``name_runs.csv`` into ``folder`` (atomically); the
+    Markdown of Tables 2 and 3 is :func:`headline_view`."""
     folder = Path(folder)
-    write_table(table, folder / name)
+    if "OA ci95" in table.columns:
+        with atomic_path(folder / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        with atomic_path(folder / f"{name}.md") as tmp:
+            tmp.write_text(headline_view(table).to_markdown(index=False) + "\n")
+    else:
+        write_table(table, folder / name)
     with atomic_path(folder / f"{name}_runs.csv") as tmp:
         runs.to_csv(tmp, index=False)
     return [folder / f"{name}.csv", folder / f"{name}.md", folder / f"{name}_runs.csv"]
