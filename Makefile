@@ -9,6 +9,11 @@ PYTHON ?= $(or $(firstword $(foreach v,3.13 3.12 3.11,$(shell python$(v) -c '' 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The instruments' sample banks: Debian's packages, unpacked into the venv (no root needed;
+# hearproto.data.banks finds them there, or installed system-wide).
+BANKS_DIR := $(VENV)/share/hearproto-banks
+BANK_PACKAGES := fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont freepats
+BANKS_STAMP := $(BANKS_DIR)/.installed
 SCALE ?= full
 # This machine's pip configuration names local package folders that do not exist; hide the
 # warnings about them, keep everything else pip prints.
@@ -29,15 +34,31 @@ WIDGETS_SETUP := book/_ext/embed-setup.js
 # The book's own style sheet (a wider article column for the grids of players).
 BOOK_CSS := book/_ext/hearproto.css
 
-.PHONY: help install assets book experiments html reproduce test unit-tests references clean
+.PHONY: help install banks assets book experiments html reproduce test unit-tests references clean
 
 help:
 	@echo "make book   install if needed, run the experiments (SCALE=$(SCALE)), build _build/html"
 	@echo "make test   install if needed, run the unit and notebook tests"
 	@echo "make reproduce   train every run of the full scale afresh (hours on a CPU), then the book"
-	@echo "make install | experiments | html | references | clean"
+	@echo "make install | banks | experiments | html | references | clean"
 
-install: $(STAMP)
+install: $(STAMP) $(BANKS_STAMP)
+
+banks: $(BANKS_STAMP)
+
+# `apt-get download` needs no root, only package lists; as root on a machine without them,
+# they are fetched first. About 200 MB of packages, 270 MB unpacked.
+$(BANKS_STAMP):
+	@echo "Unpacking the sample banks ($(BANK_PACKAGES)) into $(BANKS_DIR)"
+	@command -v apt-get > /dev/null || { echo "make banks: apt-get not found; install the \
+	Debian packages $(BANK_PACKAGES) or their files by other means and point HEARPROTO_BANKS \
+	at the folder that holds their usr/share"; exit 1; }
+	rm -rf $(BANKS_DIR) && mkdir -p $(BANKS_DIR)/debs
+	cd $(BANKS_DIR)/debs && { apt-get download -q $(BANK_PACKAGES) 2> /dev/null \
+		|| { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -q $(BANK_PACKAGES); }; }
+	for deb in $(BANKS_DIR)/debs/*.deb; do dpkg-deb -x "$$deb" $(BANKS_DIR); done
+	rm -rf $(BANKS_DIR)/debs
+	@touch $@
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,7 +96,7 @@ book: experiments html
 # Everything from scratch: the full scale's runs trained (not unpacked from weights/; an
 # interrupted `make reproduce` resumes them), every notebook executed on them, the book built.
 reproduce: install assets
-	$(BIN)/hearproto experiments train --scale full
+	$(BIN)/hearproto experiments train --scale full --seeds 0,1,2
 	$(BIN)/hearproto experiments run --scale full --retrain
 	$(MAKE) html
 

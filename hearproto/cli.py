@@ -29,6 +29,11 @@ def _roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+SPLIT_HELP = ("random (70/10/20 per class, the default) or heldout-SOURCE: test on every clip "
+              "of one source, train on the others (instruments: heldout-fluidr3, "
+              "heldout-timgm6mb, heldout-freepats, the banks' lineages)")
+
+
 def _n_speakers(value: str) -> int | None:
     """``--n-speakers``: a count, or ``all`` (None)."""
     return None if value == "all" else int(value)
@@ -83,15 +88,30 @@ def _experiments_train(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from "
                          f"{', '.join(METHODS)}")
+    shard = _shard(args.shard)
     summaries = train_runs(
         args.scale, args.datasets.split(","), methods,
         _seeds(args), args.max_minutes, args.device, args.threads,
-        report=lambda line: print(line, flush=True))
+        report=lambda line: print(line, flush=True), shard=shard,
+        heldout=not args.no_heldout)
     pending = [s["run"] for s in summaries if not s["done"]]
     print(f"{len(summaries) - len(pending)} of {len(summaries)} runs finished"
           + (f"; run the same command again to go on with: {', '.join(pending)}" if pending
              else ""))
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard I/N``: the I-th of N shares."""
+    from hearproto.errors import SettingError
+
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SettingError("shard", f"--shard takes I/N (e.g. 2/3), got {text!r}") from None
+    if not 1 <= index <= count:
+        raise SettingError("shard", f"--shard {text}: I must lie in 1..N")
+    return index, count
 
 
 def _experiments_ship(args: argparse.Namespace) -> int:
@@ -130,7 +150,7 @@ def _prepare(args: argparse.Namespace):
         args.name, root=args.root, limit_per_class=args.limit_per_class, seed=args.seed,
         n_speakers=n_speakers, frontend=args.preset, cache_dir=args.cache_dir,
         download=getattr(args, "download", None), splits_csv=args.splits_csv,
-        progress=not getattr(args, "json", False),
+        progress=not getattr(args, "json", False), split=args.split,
     )
 
 
@@ -193,7 +213,7 @@ def _train(args: argparse.Namespace) -> int:
         dataset=args.dataset, root=args.root, out=args.out, max_minutes=args.max_minutes,
         device=args.device, seed=args.seed, threads=args.threads,
         limit_per_class=args.limit_per_class, preset=args.preset,
-        n_speakers=_n_speakers(args.n_speakers),
+        n_speakers=_n_speakers(args.n_speakers), split=args.split,
     )
     # options left out take the defaults of the chosen model's config
     given = {name: getattr(args, name) for name in ("epochs", "patience", "batch_size", "lr")
@@ -418,6 +438,7 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="front end (default: the dataset's; folder: instruments)")
     parser.add_argument("--cache-dir", help="feature cache folder")
     parser.add_argument("--splits-csv", help="read/write the train/val/test split here")
+    parser.add_argument("--split", default="random", help=SPLIT_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on CUDA, record each training step once as a CUDA graph and "
                        "replay it (the same computation, far fewer launches)")
     train.add_argument("--limit-per-class", type=int, metavar="N")
+    train.add_argument("--split", default="random", help=SPLIT_HELP)
     train.add_argument("--n-speakers", default="128", metavar="K",
                        help="librispeech: the K speakers with the most audio, or 'all'")
     train.add_argument("--preset", choices=sorted(PRESETS),
@@ -632,6 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="time budget for all the runs; a run it cuts resumes next time")
     trainer.add_argument("--device", default="auto")
     trainer.add_argument("--threads", type=int, help="torch CPU threads")
+    trainer.add_argument("--shard", default="1/1", metavar="I/N",
+                         help="train only the I-th of N disjoint shares of the runs, so that N "
+                         "processes or machines share them (default: 1/1, all)")
+    trainer.add_argument("--no-heldout", action="store_true",
+                         help="leave out the held-out splits (the unseen-bank runs)")
     trainer.set_defaults(handler=_experiments_train)
     ship = experiment_commands.add_parser(
         "ship", help="write finished runs into weights/ (safetensors + JSON), for the book")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hearproto import cli
+from hearproto.errors import SettingError
 from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
 from hearproto.baselines.trainer import (
@@ -97,6 +98,22 @@ def test_killed_run_resumes_exactly(tones, tmp_path):
     assert [r["epoch"] for r in metric_rows(resumed)] == ["1", "2", "3", "4"]
     with pytest.raises(ValueError, match=r"model='direct' \(now 'apnet'\)"):
         train_baseline(config(tones, resumed, model="apnet"), progress=False)
+
+
+def test_a_step_budget_ends_the_epoch_it_falls_in_and_a_larger_one_goes_on(tones, tmp_path):
+    out = tmp_path / "steps"
+    summary = train_baseline(config(tones, out, steps=3, epochs=50), progress=False)
+    epochs_for_3 = summary["epochs"]
+    assert summary["stop_reason"] == "step budget"
+    state = torch.load(out / "last.pt", weights_only=True)["state"]
+    assert state["steps"] >= 3 and state["steps"] - 3 < state["steps"] / epochs_for_3
+    again = train_baseline(config(tones, out, steps=3, epochs=50), progress=False)
+    assert again["epochs"] == epochs_for_3  # finished: nothing more to do
+    longer = train_baseline(config(tones, out, steps=3 * state["steps"], epochs=50),
+                            progress=False)
+    assert longer["epochs"] > epochs_for_3 and longer["stop_reason"] == "step budget"
+    with pytest.raises(SettingError, match="steps must be at least 1"):
+        config(tones, out, steps=0)
 
 
 def test_cli_trains_and_evaluates_apnet_and_its_kmeans(tones, tmp_path, capsys):

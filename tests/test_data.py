@@ -20,7 +20,7 @@ from hearproto.frontend import LogMel, PRESETS
 from hearproto.data import get_dataset, pad_collate, prepare_dataset
 from hearproto.data import registry
 from hearproto.data.dataset import crop_or_tile
-from hearproto.data.splits import assign_splits
+from hearproto.data.splits import assign_heldout_splits, assign_splits, heldout_source
 
 LIBRISPEECH_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
 SR = 16_000
@@ -412,3 +412,77 @@ def test_cli_data_info_json(tmp_path, capsys):
     assert info["splits"] == {"train": 6, "val": 2, "test": 2}
     assert cli.main(["data", "info", "sol", "--root", str(tmp_path / "none")]) == 2
     assert "IRCAM" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# Held-out splits
+
+
+def sourced_table() -> pd.DataFrame:
+    rows = [{"path": f"{c}/{s}_{i}.wav", "label": c, "lineage": s}
+            for c in "ab" for s in ("one", "two", "three") for i in range(40)]
+    return pd.DataFrame(rows)
+
+
+def test_a_heldout_split_tests_on_one_source_and_splits_the_others_per_class():
+    table = sourced_table()
+    split = assign_heldout_splits(table, "two", seed=0)
+    assert (split[table["lineage"] == "two"] == "test").all()
+    assert (split[table["lineage"] != "two"] != "test").all()
+    counts = pd.crosstab(table["label"], split)
+    assert (counts["train"] == 70).all() and (counts["val"] == 10).all()
+    assert (counts["test"] == 40).all()
+    # both kept sources train and validate, in proportion
+    assert pd.crosstab(table["lineage"], split).loc[["one", "three"], "val"].min() >= 3
+    assert split.equals(assign_heldout_splits(table, "two", seed=0))
+    assert not split.equals(assign_heldout_splits(table, "two", seed=1))
+
+
+def test_a_heldout_split_names_what_it_can_hold_out():
+    with pytest.raises(ValueError, match="hold out one of one, three, two"):
+        assign_heldout_splits(sourced_table(), "four")
+    with pytest.raises(ValueError, match="built-in instruments have one"):
+        assign_heldout_splits(sourced_table().drop(columns="lineage"), "one")
+    with pytest.raises(ValueError, match="unknown split 'heldout'"):
+        heldout_source("heldout")
+    assert heldout_source("random") is None and heldout_source("heldout-x") == "x"
+
+
+def test_prepare_dataset_holds_out_a_source_of_a_generated_dataset(tmp_path, monkeypatch):
+    def render(out_dir: Path, limit_per_class=None, seed=0, progress=True):
+        rows = []
+        for label, f0 in (("x", 300.0), ("y", 500.0)):
+            (out_dir / label).mkdir()
+            for i in range(8):
+                sf.write(out_dir / label / f"{i}.flac", tone(f0 + 10 * i), SR)
+                rows.append({"path": f"{label}/{i}.flac", "label": label,
+                             "lineage": "odd" if i % 2 else "even", "bank": f"b{i % 2}"})
+        return rows
+
+    monkeypatch.setattr(registry, "_renderer", lambda name: render)
+    root = tmp_path / "gen"
+    random = prepare_dataset("speakers", root=root, progress=False)
+    heldout = prepare_dataset("speakers", root=root, progress=False, split="heldout-odd")
+    assert (root / "hearproto-splits-speakers-heldout-odd.csv").is_file()
+    assert heldout.info()["split"] == "heldout-odd"
+    test = heldout.table[heldout.table["split"] == "test"]
+    assert set(test["lineage"]) == {"odd"} and len(test) == 8
+    assert set(heldout.table["bank"]) == {"b0", "b1"}
+    assert random.info()["split_hash"] != heldout.info()["split_hash"]
+    assert set(random.table[random.table["split"] == "test"]["lineage"]) != {"odd"} or \
+        len(random.table[random.table["split"] == "test"]) != 8
+
+
+def test_a_subset_is_a_fixed_draw_in_the_datasets_order(tmp_path):
+    from hearproto.data.dataset import subset
+
+    root = make_tree(tmp_path / "mine", {"low": 220.0, "mid": 440.0, "high": 880.0})
+    clips = prepare_dataset("folder", root=root, progress=False,
+                            frontend="speakers").split(None, crop_frames=None)
+    part = subset(clips, 5, seed=0)
+    assert len(part) == 5 and part.paths == sorted(part.paths, key=clips.paths.index)
+    assert set(part.paths) <= set(clips.paths)
+    assert subset(clips, 5, seed=0).paths == part.paths != subset(clips, 5, seed=1).paths
+    assert subset(clips, None, seed=0) is clips and subset(clips, 10_000, seed=0) is clips
+    for i in range(5):
+        assert np.array_equal(part.frames(i), clips.frames(clips.paths.index(part.paths[i])))

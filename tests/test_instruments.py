@@ -1,11 +1,12 @@
-"""The built-in instruments dataset: files, determinism, pitch, loudness, dropped renders."""
+"""The built-in instruments dataset: the plan, the banks, files, determinism, pitch, loudness,
+notes moved or dropped."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import re
-import sys
+from collections import Counter
 from pathlib import Path
 
 import librosa
@@ -14,17 +15,20 @@ import pytest
 import soundfile as sf
 
 from hearproto.audio import load_audio
-from hearproto.data import instruments
-from hearproto.data.instruments import CLASSES, SAMPLE_RATE, InstrumentSpec, render
+from hearproto.data import banks, instruments
+from hearproto.data.instruments import CLASSES, SAMPLE_RATE, InstrumentSpec, plan, render
 
-needs_synth = pytest.mark.skipif(
-    importlib.util.find_spec("tinysoundfont") is None
-    or importlib.util.find_spec("pretty_midi") is None,
-    reason="rendering needs tinysoundfont and pretty_midi's soundfont "
-           "(pip install --no-deps tinysoundfont==0.3.7 pretty_midi==0.2.11.post0)",
-)
 
-NOTE_FRAMES = round(instruments.NOTE_SECONDS * SAMPLE_RATE)
+def _banks_installed() -> bool:
+    try:
+        return all(banks.bank_path(name) for name in banks.BANKS)
+    except FileNotFoundError:
+        return False
+
+
+needs_banks = pytest.mark.skipif(
+    importlib.util.find_spec("tinysoundfont") is None or not _banks_installed(),
+    reason="rendering needs tinysoundfont and the sample banks (make install)")
 
 
 def sha256s(root: Path, rows: list[dict]) -> dict[str, str]:
@@ -37,9 +41,12 @@ def rms(wave: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, list[dict]]:
-    """Two clips per class, seed 0."""
+    """Three notes per class (one per lineage where there are three), seed 0; FreePats'
+    lowest pizzicato is clipped up to MIDI 40 and dropped."""
     root = tmp_path_factory.mktemp("instruments")
-    return root, render(root, limit_per_class=2, seed=0, progress=False)
+    with pytest.warns(UserWarning, match=r"1 of 99 notes dropped.*\n  pizzicato_strings: 1 "
+                      "dropped, 0 moved"):
+        return root, render(root, limit_per_class=3, seed=0, progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,44 +54,65 @@ def tiny(tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 def test_classes_are_many_distinct_and_in_midi_range():
-    assert len(CLASSES) >= 24
-    assert len({(s.bank, s.program) for s in CLASSES.values()}) == len(CLASSES)
+    assert len(CLASSES) == 33
+    assert len({s.program for s in CLASSES.values()}) == len(CLASSES)
     for name, spec in CLASSES.items():
         assert re.fullmatch(r"[a-z]+(_[a-z]+)*", name), name
-        assert 0 <= spec.program <= 127 and spec.bank == 0
+        assert 0 <= spec.program <= 127
         assert 0 <= spec.low < spec.high <= 127
-        assert spec.high - spec.low + 1 >= instruments.PITCHES_PER_CLASS, name
 
 
-def test_default_plan_is_large_and_within_each_range():
-    notes = instruments._plan(None, seed=0)
-    assert len(notes) >= 1500
-    assert len(set(notes)) == len(notes)
-    for name, pitch, velocity in notes:
-        assert CLASSES[name].low <= pitch <= CLASSES[name].high
-        assert velocity in instruments.VELOCITIES
-    assert {v for *_, v in notes} == set(instruments.VELOCITIES)
+def test_every_class_is_heard_through_two_or_three_lineages():
+    lineages = {name: instruments.lineages_for(spec) for name, spec in CLASSES.items()}
+    assert all(len(groups) >= 2 for groups in lineages.values())
+    assert sum(len(groups) == 3 for groups in lineages.values()) >= 25
+    assert all(len(bank) for groups in lineages.values() for bank in groups.values())
+    # a bank leaves out the programs it cannot play well, and only those
+    assert "freepats" not in lineages["viola"] and "freepats" not in lineages["cello"]
+    assert lineages["piano"]["fluidr3"] == ["fluidr3"]
+    assert lineages["oboe"]["fluidr3"] == ["fluidr3", "musescore"]
 
 
-def test_limit_spreads_over_pitch_and_velocity():
-    full = instruments._plan(None, seed=0)
-    limited = instruments._plan(6, seed=0)
+def test_default_plan_is_large_and_spread_over_each_range():
+    notes = plan(None, seed=0)
+    per_class = Counter(n.label for n in notes)
+    assert set(per_class) == set(CLASSES)
+    assert min(per_class.values()) >= 300
+    assert len({(n.label, n.index) for n in notes}) == len(notes)
+    assert len({n.path for n in notes}) == len(notes)
     for name, spec in CLASSES.items():
-        chosen = [(p, v) for n, p, v in limited if n == name]
-        every = [p for n, p, _ in full if n == name]
+        mine = [n for n in notes if n.label == name]
+        keys = sorted({n.pitch for n in mine})
+        assert keys[0] - spec.low <= 2 and spec.high - keys[-1] <= 2, name
+        assert max(np.diff(keys)) <= 2, name  # every semitone, or every second one
+        shares = Counter(n.lineage for n in mine)
+        assert max(shares.values()) - min(shares.values()) <= 1, name  # lineages share equally
+        for lineage in shares:  # each lineage covers the whole range
+            its = sorted(n.pitch for n in mine if n.lineage == lineage)
+            assert its[0] - spec.low <= 3 and spec.high - its[-1] <= 3, (name, lineage)
+    velocities = np.array([n.velocity for n in notes])
+    seconds = np.array([n.seconds for n in notes])
+    assert velocities.min() >= 30 and velocities.max() <= 127 and len(set(velocities)) > 90
+    assert seconds.min() >= 0.5 and seconds.max() <= 3.0
+    assert np.quantile(seconds, 0.1) < 1.0 < 2.0 < np.quantile(seconds, 0.9) + 0.5
+
+
+def test_a_limit_keeps_every_lineage_and_spreads_over_the_range():
+    full, limited = plan(None, seed=0), plan(6, seed=0)
+    assert set(limited) <= set(full)
+    for name, spec in CLASSES.items():
+        chosen = [n for n in limited if n.label == name]
         assert len(chosen) == 6
-        pitches = [p for p, _ in chosen]
-        assert min(pitches) == min(every) and max(pitches) == max(every)
-        assert len(set(pitches)) >= 5
-        assert len({v for _, v in chosen}) == 3
+        assert {n.lineage for n in chosen} == set(instruments.lineages_for(spec))
+        pitches = [n.pitch for n in chosen]
+        assert max(pitches) - min(pitches) >= (spec.high - spec.low) / 2
 
 
-def test_seed_changes_the_pitches_and_nothing_else():
-    a, b = instruments._plan(None, seed=0), instruments._plan(None, seed=1)
-    assert a == instruments._plan(None, seed=0)
+def test_seed_changes_the_draws_and_nothing_else():
+    a, b = plan(None, seed=0), plan(None, seed=1)
+    assert a == plan(None, seed=0)
     assert a != b
-    assert len(a) == len(b)
-    assert [n for n, *_ in a] == [n for n, *_ in b]
+    assert [(n.label, n.bank, n.lineage) for n in a] == [(n.label, n.bank, n.lineage) for n in b]
 
 
 def test_bad_arguments_are_refused(tmp_path):
@@ -95,7 +123,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 def test_checks_on_synthetic_renders():
-    t = np.arange(NOTE_FRAMES) / SAMPLE_RATE
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
     sine = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     assert instruments._problem(sine) is None
     assert instruments._problem(np.zeros_like(sine)) == "silent"
@@ -107,64 +135,83 @@ def test_checks_on_synthetic_renders():
     assert instruments._limit_peak(sine) is sine  # below the limit: untouched
 
 
-def test_missing_dependencies_say_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tinysoundfont", None)  # import fails
-    with pytest.raises(ImportError, match=r"pip install --no-deps tinysoundfont==0\.3\.7"):
-        instruments._open_synth()
-    monkeypatch.undo()
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "pretty_midi" else real(name, *a))
-    with pytest.raises(FileNotFoundError, match=r"pip install pretty_midi==0\.2\.11\.post0"):
-        instruments._soundfont_path()
+def test_a_missing_bank_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(banks, "search_dirs", lambda: [tmp_path])
+    with pytest.raises(FileNotFoundError, match=r"make banks.*apt-get install freepats"):
+        banks.bank_path("freepats")
+    with pytest.raises(FileNotFoundError, match="fluid-soundfont-gm"):
+        render(tmp_path / "out", limit_per_class=1, progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The banks
+
+
+@needs_banks
+def test_each_bank_plays_what_the_plan_asks_of_it_and_lacks_what_it_says():
+    identities = instruments.identity()["banks"]
+    assert [i["bank"] for i in identities] == list(banks.BANKS)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i["sha256"]) and i["version"] != "unknown"
+               for i in identities)
+    for name in banks.BANKS:
+        player = banks.open_bank(name, SAMPLE_RATE)
+        unplayed = instruments.UNPLAYED.get(name, {})
+        for spec in CLASSES.values():
+            if spec.program not in unplayed:
+                assert player.has(spec.program), (name, spec)
+            elif unplayed[spec.program] == "no patch":
+                assert not player.has(spec.program), (name, spec)
 
 
 # --------------------------------------------------------------------------------------------
 # Rendering
 
 
-@needs_synth
-def test_files_are_mono_flac_of_three_seconds(tiny):
+@needs_banks
+def test_files_are_mono_flac_of_the_planned_length(tiny):
     root, rows = tiny
-    assert len(rows) == 2 * len(CLASSES)  # nothing silent among these
-    assert [r["label"] for r in rows] == [n for n in CLASSES for _ in range(2)]
+    assert Counter(r["label"] for r in rows) == {name: 3 - (name == "pizzicato_strings")
+                                                 for name in CLASSES}
+    assert {r["bank"] for r in rows} == set(banks.BANKS)
     for row in rows:
-        path = root / row["path"]
-        assert row["path"] == f"{row['label']}/{row['label']}_{row['pitch']}_{row['velocity']}.flac"
-        info = sf.info(path)
+        info = sf.info(root / row["path"])
+        assert row["path"] == (f"{row['label']}/{row['label']}_{row['index']:03d}_"
+                               f"{row['bank']}_{row['pitch']}.flac")
         assert (info.format, info.subtype) == ("FLAC", "PCM_16")
-        assert (info.samplerate, info.channels, info.frames) == (SAMPLE_RATE, 1, NOTE_FRAMES)
-        assert row["seconds"] == pytest.approx(3.0)
+        assert (info.samplerate, info.channels) == (SAMPLE_RATE, 1)
+        assert info.frames == round(row["seconds"] * SAMPLE_RATE)
+        assert row["seconds"] == pytest.approx(min(3.0, row["hold"] + 0.5), abs=1e-3)
         spec = CLASSES[row["label"]]
         assert spec.low <= row["pitch"] <= spec.high
-    for name in CLASSES:  # the two clips: lowest and highest pitch, different velocities
-        pair = [r for r in rows if r["label"] == name]
-        assert pair[0]["pitch"] < pair[1]["pitch"]
-        assert pair[0]["velocity"] != pair[1]["velocity"]
 
 
-@needs_synth
-def test_same_seed_same_bytes_other_seed_other_notes(tiny, tmp_path):
+@needs_banks
+def test_same_seed_same_bytes_in_any_number_of_processes(tiny, tmp_path):
     root, rows = tiny
-    again = render(tmp_path / "again", limit_per_class=2, seed=0, progress=False)
+    with pytest.warns(UserWarning, match="pizzicato"):
+        again = render(tmp_path / "again", limit_per_class=3, seed=0, progress=False,
+                       workers=2)
     assert again == rows
     assert sha256s(tmp_path / "again", again) == sha256s(root, rows)
-    other = render(tmp_path / "other", limit_per_class=2, seed=1, progress=False)
-    assert [r["path"] for r in other] != [r["path"] for r in rows]
-    # The seed picks the notes only: a note rendered under both seeds is the same file.
-    shared = {r["path"] for r in other} & {r["path"] for r in rows}
-    assert shared
-    ours, theirs = sha256s(root, rows), sha256s(tmp_path / "other", other)
-    assert all(ours[p] == theirs[p] for p in shared)
+    with pytest.warns(UserWarning, match="pizzicato"):
+        other = render(tmp_path / "other", limit_per_class=3, seed=1, progress=False)
+    assert [(r["velocity"], r["hold"]) for r in other] != [(r["velocity"], r["hold"])
+                                                           for r in rows]
 
 
-@needs_synth
+@needs_banks
 @pytest.mark.parametrize("label", ["flute", "violin", "clarinet"])
-def test_fundamental_matches_the_midi_pitch(tiny, label):
-    root, rows = tiny
-    for row in (r for r in rows if r["label"] == label):
-        wave = load_audio(root / row["path"], SAMPLE_RATE)
-        held = wave[int(0.3 * SAMPLE_RATE):int(2.0 * SAMPLE_RATE)]  # sustained part
+def test_fundamental_matches_the_midi_pitch_in_every_bank(tmp_path, monkeypatch, label):
+    spec = CLASSES[label]
+    middle = (spec.low + spec.high) // 2
+    monkeypatch.setattr(instruments, "CLASSES", {label: InstrumentSpec(spec.program, middle,
+                                                                       middle + 1)})
+    monkeypatch.setattr(instruments, "HOLD_SECONDS", (1.5, 1.5001))
+    rows = render(tmp_path, limit_per_class=12, progress=False)
+    assert {r["bank"] for r in rows} == set(banks.BANKS)
+    for row in rows:
+        wave = load_audio(tmp_path / row["path"], SAMPLE_RATE)
+        held = wave[int(0.3 * SAMPLE_RATE):int(1.4 * SAMPLE_RATE)]
         expected = librosa.midi_to_hz(row["pitch"])
         f0 = librosa.yin(held, fmin=expected / 1.9, fmax=expected * 1.9, sr=SAMPLE_RATE,
                          frame_length=4096)
@@ -172,33 +219,37 @@ def test_fundamental_matches_the_midi_pitch(tiny, label):
         assert abs(semitones) < 0.5, (row, semitones)
 
 
-@needs_synth
-def test_velocity_sets_the_level(monkeypatch, tmp_path):
-    monkeypatch.setattr(instruments, "CLASSES", {"violin": InstrumentSpec(40, 69, 69)})
-    rows = render(tmp_path, progress=False)
-    assert [(r["pitch"], r["velocity"]) for r in rows] == [(69, 40), (69, 80), (69, 120)]
-    level = [rms(load_audio(tmp_path / r["path"], SAMPLE_RATE)) for r in rows]
-    assert level[0] < level[1] < level[2]
-    assert 20 * np.log10(level[2] / level[0]) > 6  # not normalised away
+@needs_banks
+def test_velocity_sets_the_level(monkeypatch):
+    for name in banks.BANKS:
+        player = banks.open_bank(name, SAMPLE_RATE)
+        soft, loud = (rms(player.render(40, 69, v, 1.0, 1.5)) for v in (40, 120))
+        assert 20 * np.log10(loud / soft) > 6, name  # not normalised away
 
 
-@needs_synth
-def test_silent_notes_of_the_soundfont_are_dropped_and_reported(monkeypatch, tmp_path):
-    # Alto Sax (program 65) has no sample at MIDI 64 in TimGM6mb.sf2.
-    monkeypatch.setattr(instruments, "CLASSES", {"alto_sax": InstrumentSpec(65, 63, 65)})
+@needs_banks
+def test_silent_notes_move_to_a_neighbour_or_are_dropped_and_reported(monkeypatch, tmp_path):
+    # FluidR3's contrabass is silent above MIDI 59; the other banks play these keys.
+    monkeypatch.setattr(instruments, "CLASSES", {"contrabass": InstrumentSpec(43, 56, 67)})
     with pytest.warns(UserWarning) as caught:
-        rows = render(tmp_path, progress=False)
-    assert len(caught) == 1
+        rows = render(tmp_path, limit_per_class=40, progress=False)
     message = str(caught[0].message)
-    assert "dropped 3 of 9" in message
-    assert "alto_sax: 3 silent (MIDI 64 at velocity 40, 80, 120)" in message
-    assert sorted({r["pitch"] for r in rows}) == [63, 65]
-    assert not list(tmp_path.glob("alto_sax/alto_sax_64_*"))
+    assert re.search(r"contrabass: \d+ dropped, \d+ moved to a neighbouring key", message)
+    fluid = [r for r in rows if r["bank"] == "fluidr3"]
+    assert fluid and all(r["pitch"] <= 59 for r in fluid)
+    assert any(r["pitch"] > 59 for r in rows if r["bank"] != "fluidr3")
 
 
-@needs_synth
+@needs_banks
 def test_a_failed_check_drops_the_note(monkeypatch, tmp_path):
     monkeypatch.setattr(instruments, "CLASSES", {"flute": InstrumentSpec(73, 60, 61)})
     monkeypatch.setattr(instruments, "SILENCE_DBFS", 0.0)  # everything is "silent" now
-    with pytest.warns(UserWarning, match="flute: 6 silent"):
-        assert render(tmp_path, progress=False) == []
+    with pytest.warns(UserWarning, match="flute: 6 dropped, 0 moved"):
+        assert render(tmp_path, limit_per_class=6, progress=False) == []
+
+
+@needs_banks
+def test_a_missing_renderer_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "tinysoundfont", None)  # import fails
+    with pytest.raises(ImportError, match=r"pip install --no-deps tinysoundfont==0\.3\.7"):
+        banks.open_bank("timgm6mb", SAMPLE_RATE)

@@ -51,7 +51,7 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_tinysoundfont_is_installed_as_the_error_message_says():
-    from hearproto.data.instruments import TINYSOUNDFONT_HINT
+    from hearproto.data.banks import TINYSOUNDFONT_HINT
 
     command = TINYSOUNDFONT_HINT.removeprefix("pip install ")
     assert command.startswith("--no-deps ")
@@ -206,3 +206,12 @@ def test_git_commit_is_dirty_for_sources_not_for_outputs(tmp_path):
     assert git_commit(tmp_path / "book") == clean  # the runner's own outputs
     (tmp_path / "source.py").write_text("2\n")
     assert git_commit(tmp_path / "book") == clean + "-dirty"
+
+
+def test_make_banks_unpacks_every_bank_the_renderer_looks_for():
+    from hearproto.data.banks import BANKS
+
+    makefile = (ROOT / "Makefile").read_text()
+    listed = re.search(r"^BANK_PACKAGES := (.+)$", makefile, re.M).group(1).split()
+    assert sorted(listed) == sorted(bank.package for bank in BANKS.values())
+    assert re.search(r"^install: .*\$\(BANKS_STAMP\)", makefile, re.M)

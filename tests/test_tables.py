@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ from hearproto.runner.runs import run_config
 from hearproto.runner.tables import (FLOORS, TABLE3_METHODS, headline_note, headline_table,
                                      headline_view, table1, table1_note, table2, table3,
                                      write_tables)
-from hearproto.training import TrainConfig
+from hearproto.training import RESUMABLE, TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -181,3 +183,37 @@ def test_train_runs_resumes_a_run_its_budget_cut(tones):
                                     root=str(tones), progress=False, report=lines.append)
     assert second[0]["done"] and second[0]["out"] == first[0]["out"]
     assert second[0]["stop_reason"] == "curriculum complete" and second[0]["epochs"] > 1
+
+
+def test_planned_runs_put_the_first_seed_first_and_shards_share_them_out():
+    runs = runs_module.planned_runs("full", ["instruments", "speakers"], seeds=(0, 1, 2))
+    methods = len(runs_module.METHODS)
+    assert len(runs) == 3 * 2 * methods + 3 * methods  # 3 held-out lineages, seed 0
+    assert {r.seed for r in runs[:2 * methods]} == {0} and runs[0].split == "random"
+    heldout = [r for r in runs if r.split != "random"]
+    assert {r.split for r in heldout} == set(runs_module.HELDOUT_SPLITS["instruments"])
+    assert {(r.dataset, r.seed) for r in heldout} == {("instruments", 0)}
+    assert str(heldout[0]) == f"instruments {heldout[0].method} seed 0 {heldout[0].split}"
+    assert not [r for r in runs_module.planned_runs("ci", ["instruments"]) if r.split != "random"]
+    shares = [runs[i - 1::3] for i in (1, 2, 3)]
+    assert sorted(map(str, sum(shares, []))) == sorted(map(str, runs))  # disjoint, complete
+
+
+def test_a_heldout_run_has_a_folder_of_its_own_and_random_runs_keep_theirs(tmp_path):
+    plain = run_config("direct", "instruments", "full", seed=0)
+    heldout = run_config("direct", "instruments", "full", seed=0, split="heldout-freepats")
+    assert heldout.split == "heldout-freepats"
+    assert Path(heldout.out).name.startswith("direct-seed0-heldout-freepats-")
+    assert Path(plain.out).parent == Path(heldout.out).parent
+    # the split joined the settings after the runs were named: random runs keep their name
+    before = {k: v for k, v in asdict(plain).items() if k not in RESUMABLE and k != "split"}
+    digest = hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8]
+    assert runs_module.settings_digest(plain) == digest
+    assert runs_module.settings_digest(heldout) != digest
+    with pytest.raises(Exception, match="unknown split"):
+        run_config("direct", "instruments", "full", split="bank")
+
+
+def test_train_runs_refuses_a_shard_out_of_range(tones):
+    with pytest.raises(ValueError, match="shard 3/2"):
+        runs_module.train_runs("ci", ["folder"], shard=(3, 2), root=str(tones))

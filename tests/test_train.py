@@ -249,6 +249,7 @@ def test_recipes():
         (1e-4, 128, 10, -4.0, 0.01)
     assert paper.beta_parametrisation == "softplus" and not paper.beta_calibration
     assert paper.stage_steps is None and paper.error_stride == 1 and paper.augment
+    assert paper.validation_train_clips is None  # every training clip, as the paper
     assert paper.recipe == "paper"
     default = TrainConfig()  # the dataclass defaults are the default recipe
     assert default.recipe == "default"
@@ -262,7 +263,8 @@ def test_recipes():
         TrainConfig(recipe="fast")
     for bad in ({"error_stride": 0}, {"raw_stage_steps": -1}, {"ce_lr_factor": 0.0},
                 {"val_every": 0}, {"unsupervised_init": "random"},
-                {"beta_parametrisation": "tanh"}, {"ce_stage_steps": 0}):
+                {"beta_parametrisation": "tanh"}, {"ce_stage_steps": 0},
+                {"validation_train_clips": 0}, {"split": "heldout"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TrainConfig(**bad)
 
@@ -333,3 +335,21 @@ def test_unsupervised_default_recipe_recovers_the_clusters(tones, tmp_path):
     for split in ("train", "test"):
         scores = evaluate_checkpoint(out / "last.pt", split, device="cpu")
         assert scores["OA"] == 100.0, (split, scores)
+
+
+def test_validation_reads_a_fixed_draw_of_the_training_clips(tones, tmp_path, monkeypatch):
+    from hearproto.training import loop
+
+    read = []
+    real = loop.mapping_for
+    monkeypatch.setattr(loop, "mapping_for",
+                        lambda model, mode, train, *a: read.append(train.paths) or
+                        real(model, mode, train, *a))
+    cfg = config(tones, tmp_path / "v", mode="unsupervised", epochs=1, validation_train_clips=5)
+    trainer = Trainer(cfg, progress=False)
+    assert len(trainer.train_clips) > 5 and len(trainer.validation_clips) == 5
+    trainer.fit()
+    assert read and all(paths == trainer.validation_clips.paths for paths in read)
+    every = Trainer(config(tones, tmp_path / "w", mode="unsupervised", epochs=1,
+                           validation_train_clips=None), progress=False)
+    assert every.validation_clips is every.train_clips

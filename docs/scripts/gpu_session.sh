@@ -11,8 +11,9 @@
 #
 # `fetch` puts into .gpu/ (ignored by git: it adds `/.gpu/` to .git/info/exclude) the wheels
 # the GPU image lacks (librosa, soundfile and their needs; the instruments' renderer;
-# omegaconf and hydra-core for the authors' code; not espeak-ng's 10 MB: the tree and the
-# wheels must stay under the device's 64 MiB; 12 MB in all), a copy of the authors'
+# omegaconf and hydra-core for the authors' code; not espeak-ng's 10 MB nor the instruments'
+# 270 MB of sample banks, so the tests that generate either dataset are left out there: the
+# tree and the wheels must stay under the device's 64 MiB; 12 MB in all), a copy of the authors'
 # repository from $AUTHORS (a git directory or a checkout: the `fetch` tool's
 # github:romainloiseau/a-model-you-can-hear) and refbench.py.
 # Call the device with carry [".gpu"] and the command `bash docs/scripts/gpu_session.sh bench`,
@@ -46,7 +47,7 @@ fetch() {
         librosa==0.11.0 soundfile==0.14.0 soxr==1.1.0 audioread pooch platformdirs decorator \
         "omegaconf<2.4" hydra-core cffi pycparser nbformat fastjsonschema \
         jsonschema jsonschema-specifications referencing rpds-py jupyter_core traitlets \
-        pretty_midi==0.2.11.post0 mido importlib_resources tinysoundfont==0.3.7 \
+        tinysoundfont==0.3.7 \
         2>&1 | grep -v "is ignored: it is neither" || true
     # omegaconf's parser runtime is published as source only: a pure-Python wheel built here
     python3 -m pip wheel --quiet --no-deps -w "$here/wheels" antlr4-python3-runtime==4.9.3 \
@@ -108,7 +109,9 @@ tests() {
     python3 -c "import pytest_timeout" 2>/dev/null && options+=(--timeout 120)
     timeout 280 python3 -m pytest "${options[@]}" tests \
         --ignore tests/test_book.py --ignore tests/test_book_pages.py \
-        --ignore tests/test_browser.py --ignore tests/test_speakers.py > "$out/tests.log" 2>&1
+        --ignore tests/test_browser.py --ignore tests/test_speakers.py \
+        --ignore tests/test_instruments.py -k "not builtin_datasets_are_deterministic" \
+        > "$out/tests.log" 2>&1
     grep -E "FAILED|ERROR" "$out/tests.log" | head -20
     tail -3 "$out/tests.log"
 }

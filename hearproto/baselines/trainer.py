@@ -150,6 +150,10 @@ class _State:
     elapsed_seconds: float = 0.0
     done: bool = False
     stop_reason: str = ""
+    steps: int = 0  # optimiser steps taken
+
+
+STEP_BUDGET = "step budget"
 
 
 class BaselineRun(RunLoop):
@@ -157,7 +161,7 @@ class BaselineRun(RunLoop):
     at each better validation score, and a stop after ``patience`` epochs without one."""
 
     columns = tuple(METRIC_COLUMNS)
-    final_reasons = ("no better validation score",)
+    final_reasons = ("no better validation score", STEP_BUDGET)
 
     def __init__(self, config: BaselineConfig, progress: bool = True,
                  overrides: Iterable[str] = ()) -> None:
@@ -191,6 +195,9 @@ class BaselineRun(RunLoop):
             for group, new in zip(self.optimizer.param_groups, fresh):
                 group["lr"] = new["lr"]
         self.state = _State(**payload["state"])
+        state, steps = self.state, self.config.steps
+        if state.stop_reason == STEP_BUDGET and (steps is None or state.steps < steps):
+            state.done, state.stop_reason = False, ""  # a larger step budget: go on
 
     def payload(self) -> dict:
         return _checkpoint(self.model, self.optimizer, self.config, self.meta,
@@ -215,6 +222,7 @@ class BaselineRun(RunLoop):
             self.optimizer.step()
             total += loss.detach().double() * len(y)
             count += len(y)
+            state.steps += 1
         state.epoch += 1
         self._loss = float(total) / count
         self._val = _validation(model, config.model, self.val_set, config.eval_batch_size,
@@ -239,9 +247,18 @@ class BaselineRun(RunLoop):
         return {"loss": f"{self._loss:.4f}",
                 **({"val_OA": f"{self._val['OA']:.1f}"} if "OA" in self._val else {})}
 
+    def expected_epochs(self) -> int:
+        if self.config.steps is None:
+            return self.config.epochs
+        per_epoch = max(1, len(self.train_set) // self.config.batch_size)
+        return min(self.config.epochs, -(-self.config.steps // per_epoch))
+
     def after_epoch(self) -> None:
-        if self.state.stale_epochs >= self.config.patience:
-            self.state.done, self.state.stop_reason = True, "no better validation score"
+        state, config = self.state, self.config
+        if state.stale_epochs >= config.patience:
+            state.done, state.stop_reason = True, "no better validation score"
+        elif config.steps is not None and state.steps >= config.steps:
+            state.done, state.stop_reason = True, STEP_BUDGET
 
     def before_save(self) -> None:
         if self._improved:

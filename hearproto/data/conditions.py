@@ -27,6 +27,8 @@ from scipy.fft import irfft, next_fast_len, rfft
 from scipy.signal import butter, sosfilt
 from tqdm.auto import tqdm
 
+from hearproto.data.workers import map_chunks
+
 __all__ = ["CONDITIONS_VERSION", "Conditions", "draw_conditions", "apply_conditions",
            "condition_clips"]
 
@@ -36,6 +38,7 @@ HIGHPASS_HZ = (40.0, 400.0)
 LOWPASS_FRACTION = (1 / 7, 0.45)  # of the sample rate
 SNR_DB = (20.0, 45.0)
 PEAK = 0.99
+CHUNK = 64  # clips per task of a worker
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,9 @@ def apply_conditions(wave: np.ndarray, sample_rate: int, conditions: Conditions,
     return out.astype(np.float32)
 
 
-def condition_clips(root: Path, rows: list[dict], seed: int, progress: bool = True) -> list[dict]:
-    """Rewrite each generated clip of ``rows`` (paths relative to ``root``) through conditions
-    of its own; returns the rows with the conditions added."""
+def _condition_files(root: Path, seed: int, rows: list[dict]) -> list[dict]:
     out = []
-    for row in tqdm(rows, desc="recording conditions", unit="clip", disable=not progress):
+    for row in rows:
         path = root / row["path"]
         wave, sample_rate = sf.read(path, dtype="float32")
         rng = clip_rng(seed, row["path"])
@@ -105,4 +106,20 @@ def condition_clips(root: Path, rows: list[dict], seed: int, progress: bool = Tr
         sf.write(path, apply_conditions(wave, sample_rate, conditions, rng), sample_rate,
                  subtype="PCM_16")
         out.append({**row, **{k: round(v, 2) for k, v in asdict(conditions).items()}})
+    return out
+
+
+def condition_clips(root: Path, rows: list[dict], seed: int, progress: bool = True,
+                    workers: int | None = None) -> list[dict]:
+    """Rewrite each generated clip of ``rows`` (paths relative to ``root``) through conditions
+    of its own; returns the rows with the conditions added. Each clip's conditions depend on
+    the seed and its path alone, so ``workers`` processes (default: one per core for many
+    clips) give the same files as one."""
+    chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
+    out: list[dict] = []
+    with tqdm(total=len(rows), desc="recording conditions", unit="clip",
+              disable=not progress) as bar:
+        for chunk, done in map_chunks(_condition_files, chunks, root, seed, workers=workers):
+            out += done
+            bar.update(len(chunk))
     return out

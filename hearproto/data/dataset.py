@@ -14,7 +14,7 @@ from hearproto.frontend import FrontEnd
 from hearproto.data.cache import FeatureStore
 
 __all__ = ["ClipDataset", "clip_statistics", "crop_batches", "crop_or_tile", "pad_collate",
-           "tile_frames", "whole_clip_batches"]
+           "subset", "tile_frames", "whole_clip_batches"]
 
 
 def crop_or_tile(frames: np.ndarray, length: int, start: int) -> np.ndarray:
@@ -154,6 +154,16 @@ def pad_collate(
     for i, (x, _) in enumerate(batch):
         out[i, : x.shape[0]] = x
     return out, torch.tensor([y for _, y in batch]), lengths
+
+
+def subset(dataset: ClipDataset, count: int | None, seed: int) -> ClipDataset:
+    """At most ``count`` clips of ``dataset`` (None: all), a draw of ``seed`` kept in the
+    dataset's order; the same ``seed`` and dataset give the same clips."""
+    if count is None or count >= len(dataset):
+        return dataset
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:count])
+    return ClipDataset(dataset.store, dataset.table.iloc[chosen], dataset.classes,
+                       dataset.frontend, dataset.name, dataset.split, dataset.crop_frames)
 
 
 def clip_statistics(dataset: ClipDataset) -> tuple[np.ndarray, np.ndarray]:

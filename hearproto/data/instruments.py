@@ -1,56 +1,71 @@
-"""The built-in ``instruments`` dataset: single notes of orchestral instruments.
+"""The built-in ``instruments`` dataset: single notes of 33 orchestral instruments, each heard
+through several independent sample banks.
 
-Where the sounds come from: the General MIDI soundfont ``TimGM6mb.sf2`` (Tim Brechbill's
-6 MB GM bank, GPL-2), which ships inside the ``pretty_midi`` wheel, played note by note with
-the ``tinysoundfont`` synthesiser (a binding of TinySoundFont). Nothing is downloaded.
+Where the sounds come from: four General MIDI banks of real recordings, from three lineages
+(:mod:`hearproto.data.banks`): FluidR3 GM and MuseScore General (which grew out of FluidR3
+and shares many of its samples), TimGM6mb, and the FreePats GUS patches (which have no
+vibraphone, marimba, viola or contrabass, and whose cello is left out: its recordings are
+clipped). MuseScore's grand piano is left out too (:data:`UNPLAYED` says why). Each class is one GM program (a few are playing
+techniques that GM offers as programs of their own: pizzicato and tremolo strings, muted
+trumpet). Nothing is downloaded: ``make banks`` unpacks the banks' Debian packages.
 
-Each class is one GM program (a few are playing techniques that GM offers as programs of
-their own: pizzicato and tremolo strings, muted trumpet). Every note lies in the real
-instrument's playable range (sounding pitch), is held for 2.2 s, released, and rendered to
-exactly 3.0 s, mono, 44.1 kHz, 16-bit FLAC. Pitches are drawn with the seed, one from each of
-16 equal slices of the range; every pitch is played at velocities 40, 80 and 120.
+What is played, per class: ``CLIPS_PER_CLASS`` notes shared equally between the lineages that
+have the instrument (within FluidR3's lineage, alternately FluidR3 and MuseScore General), so
+that a class is heard through two or three different recorded instruments and players, as in
+a real collection. Each lineage's notes are spread evenly over the instrument's playable range
+(sounding pitch; every semitone where there are more notes than keys), each at a velocity
+drawn from 30-127 (FluidR3's and, for a few programs, MuseScore's velocity layers change the
+timbre, the others only the level) and held for a time drawn log-uniformly from 0.15-2.5 s,
+then released: a clip lasts the hold plus ``RELEASE_SECONDS``, at most 3 s, mono, 44.1 kHz,
+16-bit FLAC. A note that renders silent or broken (banks leave parts of some ranges empty) is
+replaced by its nearest playable neighbour in the range; notes that no neighbour replaces are
+dropped and reported with :func:`warnings.warn`.
 
-Facts about this soundfont measured while writing this module (every class, every key of
-its range, three velocities): programs hold one velocity layer, so velocity changes only the
-level (120 is 9.5 dB above 40, same timbre); Alto Sax (65) is silent at MIDI 64 (E4), Bari
-Sax (67) above 79 and Oboe (68) below 36; no render is non-finite, flat-topped or above a
-peak of 0.75; Strings (48) and Slow Strings (49) share their samples, so only the first is a
-class. Silent and broken renders are dropped and reported with :func:`warnings.warn`.
+docs/scripts/bank_checks.py measures how far apart the banks sound, class by class: the
+lineages differ by a median of 10-11 dB (RMS difference of the level-free mean log-Mel shape),
+FluidR3 and MuseScore General by 3.6 dB, twins on most woodwinds and percussion but different
+pianos, pizzicati, tremolos, cellos, clarinets and trumpets.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from hearproto.audio import save_audio
+from hearproto.data.banks import BANKS, bank_identity, open_bank
+from hearproto.data.workers import map_chunks
 
-__all__ = ["CLASSES", "SAMPLE_RATE", "InstrumentSpec", "render"]
+__all__ = ["CLASSES", "SAMPLE_RATE", "CLIPS_PER_CLASS", "InstrumentSpec", "Note", "plan",
+           "render", "banks_used"]
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44_100
-NOTE_SECONDS = 3.0  # length of every clip
-HOLD_SECONDS = 2.2  # note on -> note off; the release fills the rest
+CLIPS_PER_CLASS = 312
+HOLD_SECONDS = (0.15, 2.5)  # log-uniform: note on -> note off
+RELEASE_SECONDS = 0.5  # kept after the note-off
+MAX_SECONDS = 3.0
+VELOCITY = (30, 127)  # uniform, inclusive
 FADE_SECONDS = 0.01  # linear fade at the very end, so that a long release ends without a click
-VELOCITIES = (40, 80, 120)
-PITCHES_PER_CLASS = 16
 SILENCE_DBFS = -60.0  # a render whose loudest frame stays below this is silent
 LOUDNESS_FRAME = 2048  # samples per frame of that check
 PEAK_LIMIT = 0.99  # renders peaking above are scaled down to it
 CLIP_RUN = 4  # this many equal samples in a row at the peak: a flat-topped (clipped) render
+NEIGHBOURS = 12  # keys tried on either side of a note that renders silent or broken
 
-SOUNDFONT_NAME = "TimGM6mb.sf2"
-TINYSOUNDFONT_HINT = "pip install --no-deps tinysoundfont==0.3.7"
-PRETTY_MIDI_HINT = "pip install pretty_midi==0.2.11.post0"
-
+#: Programs left out of a bank, and why (checked against the installed banks by the tests).
+UNPLAYED: dict[str, dict[int, str]] = {
+    "freepats": {11: "no patch", 12: "no patch", 41: "no patch", 43: "no patch",
+                 42: "its cello recordings are clipped (flat-topped) over most of the range"},
+    "musescore": {0: "tinysoundfont plays its SF3 grand piano 40-80 dB too quietly above the "
+                     "bass (silent from C6 at low velocities)"},
+}
 
 @dataclass(frozen=True)
 class InstrumentSpec:
@@ -59,7 +74,6 @@ class InstrumentSpec:
     program: int  # 0-based GM program number
     low: int  # lowest playable key, sounding pitch
     high: int  # highest playable key, sounding pitch
-    bank: int = 0
 
     def keys(self) -> np.ndarray:
         return np.arange(self.low, self.high + 1)
@@ -110,74 +124,99 @@ CLASSES: dict[str, InstrumentSpec] = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# Finding the synthesiser and the soundfont
+def lineages_for(spec: InstrumentSpec) -> dict[str, list[str]]:
+    """The banks that play ``spec``, grouped by lineage, in :data:`BANKS` order."""
+    groups: dict[str, list[str]] = {}
+    for bank in BANKS.values():
+        if spec.program not in UNPLAYED.get(bank.name, {}):
+            groups.setdefault(bank.lineage, []).append(bank.name)
+    return groups
 
 
-def _soundfont_path() -> Path:
-    """Where ``TimGM6mb.sf2`` lies inside the installed ``pretty_midi`` (not imported)."""
-    spec = importlib.util.find_spec("pretty_midi")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the instruments dataset is rendered from {SOUNDFONT_NAME}, which ships with "
-            f"pretty_midi, and pretty_midi is not installed: {PRETTY_MIDI_HINT}"
-        )
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).rglob(SOUNDFONT_NAME))
-        if found:
-            return found[0]
-    raise FileNotFoundError(
-        f"{SOUNDFONT_NAME} is missing from the installed pretty_midi "
-        f"({', '.join(spec.submodule_search_locations)}); reinstall it: {PRETTY_MIDI_HINT}"
-    )
-
-
-def _open_synth() -> tuple[Any, int]:
-    """A tinysoundfont synthesiser with the soundfont loaded: ``(synth, sfid)``."""
-    try:
-        import tinysoundfont
-    except ImportError:
-        raise ImportError(
-            f"the instruments dataset is rendered with tinysoundfont, which is not installed: "
-            f"{TINYSOUNDFONT_HINT}"
-        ) from None
-    path = _soundfont_path()
-    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
-    return synth, synth.sfload(str(path))
+def banks_used() -> list[str]:
+    return [b for b in BANKS if any(b in banks for spec in CLASSES.values()
+                                    for banks in lineages_for(spec).values())]
 
 
 # --------------------------------------------------------------------------------------------
-# One note
+# What to play
 
 
-def _generate(synth: Any, frames: int) -> np.ndarray:
-    """``frames`` stereo frames from the synth as a float32 array ``(frames, 2)``."""
-    return np.frombuffer(synth.generate(frames), dtype=np.float32).reshape(frames, 2)
+@dataclass(frozen=True)
+class Note:
+    label: str
+    bank: str
+    lineage: str
+    index: int  # per class
+    pitch: int
+    velocity: int
+    hold: float  # seconds, note on -> note off
+
+    @property
+    def seconds(self) -> float:
+        return min(MAX_SECONDS, round(self.hold + RELEASE_SECONDS, 3))
+
+    @property
+    def path(self) -> str:
+        return f"{self.label}/{self.label}_{self.index:03d}_{self.bank}_{self.pitch}.flac"
 
 
-def _silence(synth: Any, max_seconds: float = 1.0) -> None:
-    """Stop every voice and run the synth until it is silent, so no note leaks into the next."""
-    synth.sounds_off()
-    block = 256
-    for _ in range(int(max_seconds * SAMPLE_RATE) // block):
-        if not _generate(synth, block).any():
-            return
-    raise RuntimeError(f"the synthesiser is still sounding {max_seconds} s after sounds_off")
+def _class_rng(seed: int, name: str) -> np.random.Generator:
+    """A generator per class: adding or removing a class leaves the others' draws alone."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _render_note(synth: Any, sfid: int, spec: InstrumentSpec, pitch: int,
-                 velocity: int) -> np.ndarray:
-    """Play one note: held ``HOLD_SECONDS``, then released. Mono float32 ``(L,)``, raw level."""
-    total = round(NOTE_SECONDS * SAMPLE_RATE)
-    held = round(HOLD_SECONDS * SAMPLE_RATE)
-    synth.program_select(0, sfid, spec.bank, spec.program)
-    synth.noteon(0, pitch, velocity)
-    attack = _generate(synth, held)
-    synth.noteoff(0, pitch)
-    release = _generate(synth, total - held)
-    _silence(synth)
-    stereo = np.concatenate([attack, release])
-    return stereo.mean(axis=1, dtype=np.float32)
+def _spread_keys(spec: InstrumentSpec, count: int, offset: float) -> np.ndarray:
+    """``count`` keys spread evenly over the range, ascending; each key ``count / range`` times
+    when there are more notes than keys. ``offset`` in [0, 1) shifts the grid."""
+    keys = np.arange(spec.low, spec.high + 1)
+    slots = np.floor((np.arange(count) + offset) * len(keys) / count).astype(int)
+    return keys[np.minimum(slots, len(keys) - 1)]
+
+
+def _class_notes(name: str, spec: InstrumentSpec, seed: int) -> list[Note]:
+    """Every note of class ``name``, lineage after lineage."""
+    rng = _class_rng(seed, name)
+    groups = lineages_for(spec)
+    per_lineage = CLIPS_PER_CLASS // len(groups)
+    notes = []
+    for lineage, banks in groups.items():
+        keys = _spread_keys(spec, per_lineage, float(rng.uniform()))
+        velocities = rng.integers(VELOCITY[0], VELOCITY[1] + 1, per_lineage)
+        holds = np.exp(rng.uniform(*np.log(HOLD_SECONDS), per_lineage))
+        for i in range(per_lineage):
+            notes.append(Note(name, banks[i % len(banks)], lineage, len(notes), int(keys[i]),
+                              int(velocities[i]), round(float(holds[i]), 3)))
+    return notes
+
+
+def _spread(items: list, limit: int | None) -> list:
+    """At most ``limit`` of ``items``, evenly spaced from first to last (all if None)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    picks = np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))
+    return [items[i] for i in picks]
+
+
+def plan(limit_per_class: int | None = None, seed: int = 0) -> list[Note]:
+    """Every note to render, class by class. A limit keeps, per class, notes taken in turn from
+    each lineage and spread over its range, so that a small dataset still holds every bank."""
+    notes = []
+    for name, spec in CLASSES.items():
+        every = _class_notes(name, spec, seed)
+        if limit_per_class is not None and limit_per_class < len(every):
+            by_lineage = [[n for n in every if n.lineage == lineage]
+                          for lineage in lineages_for(spec)]
+            share = -(-limit_per_class // len(by_lineage))
+            spread = [_spread(group, share) for group in by_lineage]
+            turns = [group[i] for i in range(share) for group in spread if i < len(group)]
+            every = sorted(turns[:limit_per_class], key=lambda n: n.index)
+        notes += every
+    return notes
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of a render
 
 
 def _loudest_frame_dbfs(wave: np.ndarray) -> float:
@@ -228,48 +267,55 @@ def _fade_out(wave: np.ndarray, seconds: float = FADE_SECONDS) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# What to play
-
-
-def _class_rng(seed: int, name: str) -> np.random.Generator:
-    """A generator per class: adding or removing a class leaves the others' draws alone."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-def _choose_pitches(name: str, spec: InstrumentSpec, seed: int,
-                   count: int = PITCHES_PER_CLASS) -> list[int]:
-    """One random key from each of ``count`` equal slices of the range (all keys if fewer)."""
-    keys = spec.keys()
-    if len(keys) <= count:
-        return [int(k) for k in keys]
-    rng = _class_rng(seed, name)
-    return [int(part[rng.integers(len(part))]) for part in np.array_split(keys, count)]
-
-
-def _spread(items: list, limit: int | None) -> list:
-    """At most ``limit`` of ``items``, evenly spaced from first to last (all if None)."""
-    if limit is None or limit >= len(items):
-        return list(items)
-    picks = np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))
-    return [items[i] for i in picks]
-
-
-def _plan(limit_per_class: int | None = None, seed: int = 0) -> list[tuple[str, int, int]]:
-    """Every note to render, ``(class, pitch, velocity)``, in output order.
-
-    Per class the (pitch, velocity) pairs are sorted by pitch then velocity; a limit keeps
-    pairs evenly spaced through that list, so they spread over both pitch and velocity.
-    """
-    notes = []
-    for name, spec in CLASSES.items():
-        pairs = [(p, v) for p in _choose_pitches(name, spec, seed) for v in VELOCITIES]
-        notes += [(name, p, v) for p, v in _spread(pairs, limit_per_class)]
-    return notes
+def _neighbours(note: Note) -> list[int]:
+    """The note's key, then the keys around it in the range, nearest first."""
+    spec = CLASSES[note.label]
+    around = [note.pitch + s * d for d in range(1, NEIGHBOURS + 1) for s in (1, -1)]
+    return [note.pitch, *(k for k in around if spec.low <= k <= spec.high)]
 
 
 # --------------------------------------------------------------------------------------------
-# The dataset
+# Rendering, in worker processes (each loads a bank once)
+
+_PLAYERS: dict[str, object] = {}
+
+
+def _player(bank: str):
+    if bank not in _PLAYERS:
+        _PLAYERS[bank] = open_bank(bank, SAMPLE_RATE)
+    return _PLAYERS[bank]
+
+
+def _render_notes(out_dir: Path, notes: list[Note]) -> list[tuple[dict | None, list]]:
+    """Render and write ``notes`` (of one bank); per note its row (None if dropped) and the
+    problems met on the way: ``(pitch, reason)``."""
+    results = []
+    for note in notes:
+        player, program = _player(note.bank), CLASSES[note.label].program
+        problems = []
+        for pitch in _neighbours(note):
+            candidate = Note(**{**asdict(note), "pitch": pitch})
+            wave = player.render(program, pitch, note.velocity, note.hold, note.seconds)
+            reason = _problem(wave)
+            if reason is None:
+                save_audio(out_dir / candidate.path, _fade_out(_limit_peak(wave)), SAMPLE_RATE,
+                           overwrite=True)
+                results.append(({"path": candidate.path, **asdict(candidate),
+                                 "seconds": candidate.seconds}, problems))
+                break
+            problems.append((pitch, reason))
+        else:
+            results.append((None, problems))
+    return results
+
+
+def _tasks(notes: list[Note], size: int = 64) -> list[list[Note]]:
+    """Notes grouped by bank (a worker loads each bank it meets once), in chunks."""
+    tasks = []
+    for bank in BANKS:
+        of_bank = [n for n in notes if n.bank == bank]
+        tasks += [of_bank[i:i + size] for i in range(0, len(of_bank), size)]
+    return tasks
 
 
 def _check_args(limit_per_class: int | None, seed: int) -> None:
@@ -281,49 +327,57 @@ def _check_args(limit_per_class: int | None, seed: int) -> None:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
 
-def _drop_summary(dropped: list[tuple[str, int, int, str]], planned: int) -> str:
-    """One line per class and reason: which keys, at which velocities."""
-    groups: dict[tuple[str, str], dict[int, list[int]]] = {}
-    for name, pitch, velocity, reason in dropped:
-        groups.setdefault((name, reason), {}).setdefault(pitch, []).append(velocity)
-    lines = [f"instruments: dropped {len(dropped)} of {planned} rendered notes"]
-    for (name, reason), by_pitch in groups.items():
-        notes = "; ".join(f"MIDI {p} at velocity {', '.join(map(str, vs))}"
-                          for p, vs in sorted(by_pitch.items()))
-        lines.append(f"  {name}: {sum(map(len, by_pitch.values()))} {reason} ({notes})")
-    return "\n".join(lines)
+def _drop_summary(notes: list[Note], results: list[tuple[dict | None, list]]) -> str | None:
+    """One line per class: the notes replaced by a neighbour and those dropped."""
+    lines = []
+    for name in CLASSES:
+        replaced = dropped = 0
+        for note, (row, problems) in zip(notes, results):
+            if note.label == name and problems:
+                replaced += row is not None
+                dropped += row is None
+        if replaced or dropped:
+            lines.append(f"  {name}: {dropped} dropped, {replaced} moved to a neighbouring key")
+    if not lines:
+        return None
+    total = sum(row is None for row, _ in results)
+    return "\n".join([f"instruments: {total} of {len(notes)} notes dropped (silent or broken "
+                      "renders with no playable neighbour)", *lines])
 
 
 def render(out_dir: Path, limit_per_class: int | None = None, seed: int = 0,
-           progress: bool = True) -> list[dict]:
-    """Render the dataset into ``out_dir/<class>/<class>_<midi>_<velocity>.flac``.
+           progress: bool = True, workers: int | None = None) -> list[dict]:
+    """Render the dataset into ``out_dir/<class>/<class>_<index>_<bank>_<midi>.flac``.
 
-    Returns one dict per written clip, in a fixed order: ``path`` (relative, posix),
-    ``label``, ``pitch``, ``velocity``, ``seconds``. Silent or broken renders are not written;
-    they are reported once with :func:`warnings.warn`. The same seed gives identical files.
+    Returns one dict per written clip, in plan order: ``path`` (relative, posix), ``label``,
+    ``bank``, ``lineage``, ``index``, ``pitch``, ``velocity``, ``hold``, ``seconds``. Notes
+    with no playable render are reported once with :func:`warnings.warn`. The same seed gives
+    identical files, whatever the number of ``workers`` (default: one per core for a large
+    plan).
     """
     from tqdm.auto import tqdm
 
     _check_args(limit_per_class, seed)
     out_dir = Path(out_dir)
-    notes = _plan(limit_per_class, seed)
-    synth, sfid = _open_synth()
-    rows: list[dict] = []
-    dropped: list[tuple[str, int, int, str]] = []
-    for name, pitch, velocity in tqdm(notes, desc="instruments", unit="note",
-                                      disable=not progress):
-        wave = _render_note(synth, sfid, CLASSES[name], pitch, velocity)
-        reason = _problem(wave)
-        if reason is not None:
-            dropped.append((name, pitch, velocity, reason))
-            continue
-        wave = _fade_out(_limit_peak(wave))
-        relative = f"{name}/{name}_{pitch}_{velocity}.flac"
-        save_audio(out_dir / relative, wave, SAMPLE_RATE, overwrite=True)
-        rows.append({"path": relative, "label": name, "pitch": pitch, "velocity": velocity,
-                     "seconds": len(wave) / SAMPLE_RATE})
-    if dropped:
-        warnings.warn(_drop_summary(dropped, len(notes)), stacklevel=2)
+    notes = plan(limit_per_class, seed)
+    for bank in {n.bank for n in notes}:
+        bank_identity(bank)  # a missing bank fails here, in one line, before any work
+    done: dict[tuple[str, int], tuple[dict | None, list]] = {}
+    with tqdm(total=len(notes), desc="instruments", unit="note", disable=not progress) as bar:
+        for task, results in map_chunks(_render_notes, _tasks(notes), out_dir, workers=workers):
+            for note, result in zip(task, results):
+                done[note.label, note.index] = result
+            bar.update(len(task))
+    results = [done[n.label, n.index] for n in notes]
+    summary = _drop_summary(notes, results)
+    if summary:
+        warnings.warn(summary, stacklevel=2)
+    rows = [row for row, _ in results if row is not None]
     log.info("instruments: wrote %d clips of %d classes to %s", len(rows),
              len({r["label"] for r in rows}), out_dir)
     return rows
+
+
+def identity() -> dict:
+    """The banks that render the dataset, with their packages' versions and digests."""
+    return {"banks": [bank_identity(b) for b in banks_used()]}

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,13 +22,17 @@ from hearproto.files import (data_home, publish_folder, remove_stale_temporaries
 from hearproto.frontend import FrontEnd, resolve_frontend
 from hearproto.data.cache import FeatureStore, load_or_compute_features
 from hearproto.data.dataset import ClipDataset
-from hearproto.data.splits import SPLITS, load_or_make_splits, split_hash
+from hearproto.data.splits import (RANDOM, SPLITS, heldout_source, load_or_make_splits,
+                                   split_hash)
 
 __all__ = ["DATASETS", "DatasetSpec", "PreparedDataset", "data_home", "get_dataset",
            "prepare_dataset"]
 
 GENERATOR_MARKER = "dataset.json"
 GENERATED_TABLE = "clips.csv"
+#: Columns of a generated table that say where each clip comes from (kept in the dataset's
+#: table: the held-out splits and per-source scores read them).
+SOURCE_COLUMNS = ("bank", "lineage")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,12 @@ def _spec(name: str) -> DatasetSpec:
 
 def _renderer(name: str) -> Callable[..., list[dict]]:
     return importlib.import_module(f"hearproto.data.{name}").render
+
+
+def _sources(name: str) -> dict:
+    """What rendered built-in dataset ``name`` (its banks), where its generator says."""
+    module = importlib.import_module(f"hearproto.data.{name}")
+    return module.identity() if hasattr(module, "identity") else {}
 
 
 def default_builtin_root(name: str, limit_per_class: int | None, seed: int) -> Path:
@@ -124,8 +134,9 @@ def ensure_generated(name: str, root: Path, limit_per_class: int | None, seed: i
         rows = condition_clips(tmp, rows, seed, progress)
         table = pd.DataFrame(rows)
         table.to_csv(tmp / GENERATED_TABLE, index=False)
-        (tmp / GENERATOR_MARKER).write_text(
-            json.dumps({**wanted, "generator": generator, "clips": len(table)}, indent=1))
+        sources = _sources(name)
+        (tmp / GENERATOR_MARKER).write_text(json.dumps(
+            {**wanted, "generator": generator, "clips": len(table), **sources}, indent=1))
         if stale:  # swap, then drop the old data: never a moment without a complete dataset
             old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-old-"))
             os.replace(root, old / root.name)
@@ -169,6 +180,8 @@ class PreparedDataset:
     store: FeatureStore
     splits_csv: Path
     crop_frames: int
+    split_name: str = RANDOM  # how the clips were split: random, or heldout-SOURCE
+    sources: dict = field(default_factory=dict)  # what rendered a built-in dataset
 
     def split(self, split: str | None = "train", crop_frames: int | None | str = "auto") -> ClipDataset:
         """The clips of ``split`` (``train``, ``val``, ``test`` or None for all).
@@ -193,10 +206,12 @@ class PreparedDataset:
             "root": str(self.root),
             "skipped": len(self.store.skipped),
             "skipped_by_kind": dict(Counter(s["kind"] for s in self.store.skipped)),
+            "split": self.split_name,
             "split_csv": str(self.splits_csv),
             "split_hash": split_hash(self.table),
             "feature_cache": str(self.store.directory),
             "frames": int(self.table["frames"].sum()),
+            **self.sources,
         }
 
 
@@ -212,6 +227,7 @@ def prepare_dataset(
     download: str | None = None,
     splits_csv: str | os.PathLike | None = None,
     progress: bool = True,
+    split: str = RANDOM,
 ) -> PreparedDataset:
     """Generate (built-ins) or index (local copies) dataset ``name``, compute or reuse its
     features, and split it 70/10/20.
@@ -221,9 +237,12 @@ def prepare_dataset(
     duration (None: all); ``frontend`` overrides the dataset's front-end preset (a
     :class:`FrontEnd` or a preset name); ``download`` fetches a LibriSpeech subset first;
     ``splits_csv`` reads (or writes) the split from (to) that file, to repeat a split exactly
-    elsewhere. Built-in data keeps its split CSV beside the data; nothing is written into a
-    local copy: its split goes to ``data_home()/splits``.
+    elsewhere; ``split`` is ``random`` (70/10/20 per class) or ``heldout-SOURCE`` (test on
+    every clip of one source, :func:`~hearproto.data.splits.assign_heldout_splits`). Built-in
+    data keeps its split CSV beside the data; nothing is written into a local copy: its split
+    goes to ``data_home()/splits``.
     """
+    heldout_source(split)  # an unknown split fails before any work
     spec = _spec(name)
     frontend = resolve_frontend(frontend or spec.preset)
     if limit_per_class is not None and limit_per_class < 1:
@@ -258,6 +277,9 @@ def prepare_dataset(
 
     store = load_or_compute_features(tag, root, table, frontend, cache_dir, progress)
     usable = store.index
+    described = [c for c in SOURCE_COLUMNS if c in table]
+    if described:  # which bank, lineage... each clip comes from
+        usable = usable.merge(table[["path", *described]], on="path", how="left")
     dropped = sorted(set(table["label"]) - set(usable["label"]))
     if dropped:
         warnings.warn(f"{name}: class(es) with no usable clip left after skipping bad files, "
@@ -266,12 +288,17 @@ def prepare_dataset(
     # nothing into it, the split goes to the data home (or where ``splits_csv`` says).
     own_folder = data_home() / "splits" / f"{tag}-{_path_hash(root)}"
     if splits_csv is None:
-        splits_csv = (root if spec.builtin else own_folder) / f"hearproto-splits-{tag}.csv"
+        suffix = "" if split == RANDOM else f"-{split}"
+        splits_csv = (root if spec.builtin else own_folder) / f"hearproto-splits-{tag}{suffix}.csv"
     usable, splits_csv = load_or_make_splits(usable, Path(splits_csv), seed=split_seed,
-                                             fallback_dir=own_folder)
+                                             fallback_dir=own_folder, split=split)
     classes = sorted(usable["label"].unique(), key=_natural_key)
+    sources = {}
+    if spec.builtin and (root / GENERATOR_MARKER).is_file():
+        marker = json.loads((root / GENERATOR_MARKER).read_text())
+        sources = {k: marker[k] for k in ("banks",) if k in marker}
     return PreparedDataset(name, root, frontend, usable, classes, store, splits_csv,
-                           spec.crop_frames)
+                           spec.crop_frames, split, sources)
 
 
 def get_dataset(name: str, root: str | os.PathLike | None = None, split: str | None = "train",

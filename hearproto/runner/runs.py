@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
@@ -36,8 +36,9 @@ from hearproto.files import data_home
 from hearproto.runner.shipped import is_unpacked, retraining, unpack_run
 from hearproto.training import RESUMABLE, TrainConfig, train
 
-__all__ = ["METHODS", "SCALE_SETTINGS", "default_runs_dir", "run_config", "settings_digest",
-           "ensure_run", "stage_checkpoint", "train_runs"]
+__all__ = ["METHODS", "HELDOUT_SPLITS", "SCALE_SETTINGS", "RunSpec", "default_runs_dir",
+           "planned_runs", "run_config", "settings_digest", "ensure_run", "stage_checkpoint",
+           "train_runs"]
 
 #: Every trainable method: our model in both modes and the three baselines.
 METHODS = ("ours-supervised", "ours-unsupervised", "direct", "autoencoder", "apnet")
@@ -63,13 +64,13 @@ SCALE_SETTINGS: dict[str, dict[str, dict]] = {
     },
     "full": {
         "data": {},
-        "ours": {},  # the default recipe, to the end of its curriculum
-        # epoch caps that fit 2 CPU cores (about 20 minutes a run; an epoch of the whole
-        # instruments takes 23 s for direct, 130 s for the autoencoder, 110 s for apnet);
-        # metrics.csv's validation curve says whether a run had converged
-        "direct": {"epochs": 60},
-        "autoencoder": {"epochs": 12},
-        "apnet": {"epochs": 12},
+        "ours": {},  # the default recipe: stages of fixed numbers of optimiser steps
+        # optimiser-step budgets, so that a larger dataset does not make a run longer (an
+        # epoch of the whole instruments is 225 steps of 32 clips); metrics.csv's validation
+        # curve says whether a run had converged
+        "direct": {"steps": 1500, "epochs": 1000},
+        "autoencoder": {"steps": 400, "epochs": 1000},
+        "apnet": {"steps": 400, "epochs": 1000},
     },
     "paper": {
         "data": {},
@@ -88,34 +89,77 @@ def default_runs_dir() -> Path:
     return data_home() / "runs"
 
 
+#: The held-out splits each dataset is also trained on (seed 0, every method): the built-in
+#: instruments hold out each lineage of banks in turn (the unseen-bank column of the tables).
+HELDOUT_SPLITS: dict[str, tuple[str, ...]] = {
+    "instruments": ("heldout-fluidr3", "heldout-timgm6mb", "heldout-freepats"),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    dataset: str
+    seed: int
+    split: str = "random"
+
+    def __str__(self) -> str:
+        split = "" if self.split == "random" else f" {self.split}"
+        return f"{self.dataset} {self.method} seed {self.seed}{split}"
+
+
+def planned_runs(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool = True
+                 ) -> list[RunSpec]:
+    """The runs behind the book at ``scale``, in the order they are trained: every method on
+    every dataset for the first seed, then the held-out splits (:data:`HELDOUT_SPLITS`,
+    first seed only, not at ``ci`` scale), then the other seeds."""
+    first, *others = seeds
+    runs = [RunSpec(m, d, first) for m in methods for d in datasets]
+    if heldout and scale != "ci":
+        runs += [RunSpec(m, d, first, split) for d in datasets
+                 for split in HELDOUT_SPLITS.get(d, ()) for m in methods]
+    runs += [RunSpec(m, d, s) for s in others for m in methods for d in datasets]
+    return runs
+
+
 def run_config(method: str, dataset: str, scale: str, seed: int = 0, root: str | None = None,
                device: str = "auto", runs_dir: str | os.PathLike | None = None,
-               n_speakers: int | None = 128) -> TrainConfig | BaselineConfig:
+               n_speakers: int | None = 128, split: str = "random"
+               ) -> TrainConfig | BaselineConfig:
     """The config of ``method`` on ``dataset`` at ``scale``, writing into the shared run
-    directory ``runs_dir/scale/dataset/method-seedS-HASH`` (see :func:`settings_digest`)."""
+    directory ``runs_dir/scale/dataset/method-seedS[-SPLIT]-HASH`` (see
+    :func:`settings_digest`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if scale not in SCALE_SETTINGS:
         raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALE_SETTINGS)}")
     settings = SCALE_SETTINGS[scale]
     common = dict(dataset=dataset, root=root, seed=seed, device=device, n_speakers=n_speakers,
-                  **settings["data"])
+                  split=split, **settings["data"])
     if method.startswith("ours-"):
         ours = dict(settings["ours"])
         config = TrainConfig.from_recipe(ours.pop("recipe", "default"),
                                          mode=method.removeprefix("ours-"), **common, **ours)
     else:
         config = BaselineConfig(model=method, **common, **settings[method])
+    named = "" if split == "random" else f"-{split}"
     config.out = str(Path(runs_dir or default_runs_dir()) / scale / dataset
-                     / f"{method}-seed{seed}-{settings_digest(config)}")
+                     / f"{method}-seed{seed}{named}-{settings_digest(config)}")
     return config
+
+
+#: Settings added after runs were first named, with the value that reproduces what runs did
+#: before them: at that value a setting stays out of the digest, so older runs keep their
+#: folders.
+LATER_SETTINGS = {"split": "random", "validation_train_clips": None}
 
 
 def settings_digest(config: TrainConfig | BaselineConfig) -> str:
     """8 hex digits of what makes a run: every setting but those a run may change when it
     resumes (:data:`~hearproto.training.RESUMABLE`: its budgets, where it is written, the
     device and the thread count)."""
-    values = {k: v for k, v in asdict(config).items() if k not in RESUMABLE}
+    values = {k: v for k, v in asdict(config).items() if k not in RESUMABLE
+              and (k not in LATER_SETTINGS or v != LATER_SETTINGS[k])}
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -158,36 +202,39 @@ def _elapsed_minutes(run: Path) -> float:
 def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: float | None = None,
                device: str = "auto", threads: int | None = None, root: str | None = None,
                runs_dir: str | os.PathLike | None = None, progress: bool = True,
-               report=print) -> list[dict]:
-    """Train, or resume, the runs the experiment notebooks need at ``scale``: every method of
-    ``methods`` on every dataset of ``datasets`` for each seed, seed by seed, within
-    ``max_minutes`` in all (None: no limit). A run cut by the budget resumes, in the same
-    folder, at the next call. ``report`` gets one line per run; returns one summary per run
+               report=print, shard: tuple[int, int] = (1, 1), heldout: bool = True
+               ) -> list[dict]:
+    """Train, or resume, the runs the experiment notebooks need at ``scale``
+    (:func:`planned_runs`), within ``max_minutes`` in all (None: no limit). A run cut by the
+    budget resumes, in the same folder, at the next call. ``shard=(I, N)`` trains only the
+    I-th of N disjoint shares of the runs (every N-th run from the I-th), so that N processes
+    or machines can share them. ``report`` gets one line per run; returns one summary per run
     (``done`` False for those not finished). ``root``: the data folder of a single dataset
     that is not built in."""
+    index, count = shard
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: I must lie in 1..N")
     start, summaries = time.perf_counter(), []
-    for seed in seeds:
-        for method in methods:
-            for dataset in datasets:
-                config = run_config(method, dataset, scale, seed, root=root, device=device,
-                                    runs_dir=runs_dir)
-                config.threads = threads
-                left = None if max_minutes is None else \
-                    max_minutes - (time.perf_counter() - start) / 60
-                name = f"{dataset} {method} seed {seed}"
-                if left is not None and left <= 0:
-                    summaries.append({"run": name, "out": config.out, "done": False,
-                                      "stop_reason": "not started (budget spent)"})
-                    report(f"{name}: not started, the budget is spent")
-                    continue
-                if is_unpacked(config.out):  # train afresh what weights/ ships
-                    shutil.rmtree(config.out)
-                if left is not None:
-                    config.max_minutes = _elapsed_minutes(Path(config.out)) + left
-                summary = (train_baseline(config, progress=progress)
-                           if isinstance(config, BaselineConfig) else train(config, progress))
-                done = not summary["stop_reason"].startswith("time budget")
-                summaries.append({"run": name, "done": done, **summary})
-                report(f"{name}: {summary['stop_reason']}, {summary['epochs']} epochs, "
-                       f"{summary['minutes']} min -> {summary['out']}")
+    runs = planned_runs(scale, datasets, methods, seeds, heldout)[index - 1::count]
+    for spec in runs:
+        config = run_config(spec.method, spec.dataset, scale, spec.seed, root=root,
+                            device=device, runs_dir=runs_dir, split=spec.split)
+        config.threads = threads
+        left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
+        name = str(spec)
+        if left is not None and left <= 0:
+            summaries.append({"run": name, "out": config.out, "done": False,
+                              "stop_reason": "not started (budget spent)"})
+            report(f"{name}: not started, the budget is spent")
+            continue
+        if is_unpacked(config.out):  # train afresh what weights/ ships
+            shutil.rmtree(config.out)
+        if left is not None:
+            config.max_minutes = _elapsed_minutes(Path(config.out)) + left
+        summary = (train_baseline(config, progress=progress)
+                   if isinstance(config, BaselineConfig) else train(config, progress))
+        done = not summary["stop_reason"].startswith("time budget")
+        summaries.append({"run": name, "done": done, **summary})
+        report(f"{name}: {summary['stop_reason']}, {summary['epochs']} epochs, "
+               f"{summary['minutes']} min -> {summary['out']}")
     return summaries

@@ -49,8 +49,8 @@ def restore_rng(snapshot: dict, loader_generator: torch.Generator, device: torch
 
 #: Settings a run may change when it resumes: how long it runs, and where and how fast it
 #: computes. Any other change is refused unless named in ``overrides``.
-RESUMABLE = frozenset({"epochs", "max_minutes", "device", "threads", "eval_batch_size", "out",
-                       "cuda_graphs"})
+RESUMABLE = frozenset({"epochs", "steps", "max_minutes", "device", "threads", "eval_batch_size",
+                       "out", "cuda_graphs"})
 
 
 def check_resume(out: str | os.PathLike, payload: dict, config: RunConfig,
@@ -169,7 +169,8 @@ def checkpoint_dataset(path: str | os.PathLike, payload: dict, config: RunConfig
     clips the checkpoint has seen with :func:`training_overlap`)."""
     data = prepare_dataset(config.dataset, root=root or config.root,
                            limit_per_class=config.limit_per_class, n_speakers=config.n_speakers,
-                           frontend=FrontEnd(**payload["frontend"]), progress=progress)
+                           frontend=FrontEnd(**payload["frontend"]), progress=progress,
+                           split=getattr(config, "split", "random"))
     if data.classes != payload["classes"]:
         raise DatasetError(f"{path}: the dataset's classes differ from the checkpoint's")
     saved = (payload.get("data") or {}).get("split_hash")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from hearproto.data.splits import heldout_source
 from hearproto.errors import SettingError
 from hearproto.model import BETA_PARAMETRISATIONS, UNSUPERVISED_INITS
 from hearproto.training.curriculum import stages_for
@@ -29,6 +30,7 @@ class RunConfig:
     root: str | None = None
     limit_per_class: int | None = None
     n_speakers: int | None = 128
+    split: str = "random"  # or heldout-SOURCE (hearproto.data.splits)
     preset: str | None = None  # front end; default: the dataset's
     epochs: int = 1000  # budget
     max_minutes: float | None = None  # time budget, over resumes
@@ -58,6 +60,10 @@ class RunConfig:
             raise SettingError("threads", f"threads must be at least 1 (or None: torch's "
                                f"default), got {self.threads}")
         check_device_name(self.device)
+        try:
+            heldout_source(self.split)
+        except ValueError as err:
+            raise SettingError("split", str(err)) from None
 
     def budget_spent(self, epochs_done: int, elapsed_seconds: float) -> str:
         """Why the epoch or time budget stops a run at this point, or "" while it lasts."""
@@ -84,7 +90,7 @@ RECIPES: dict[str, dict] = {
         "beta_init": -4.0, "beta_parametrisation": "softplus", "beta_calibration": False,
         "lambda_ce": 0.01, "ce_warmup": False, "ce_lr_factor": 1.0,
         "error_stride": 1, "augment": True, "unsupervised_init": "kmeans++",
-        "recalibrate_norms": False, "held_stages": [],
+        "recalibrate_norms": False, "held_stages": [], "validation_train_clips": None,
     },
     "default": {
         "lr": 1e-3, "batch_size": 32, "patience": 10, "stage_steps": 150,
@@ -93,6 +99,7 @@ RECIPES: dict[str, dict] = {
         "lambda_ce": 0.01, "ce_warmup": True, "ce_lr_factor": 0.1,
         "error_stride": 4, "augment": False, "unsupervised_init": "cepstral",
         "recalibrate_norms": True, "held_stages": ["gain", "pitch", "filters", "ce", "lr_decay"],
+        "validation_train_clips": 2048,
     },
 }
 
@@ -148,6 +155,10 @@ class TrainConfig(RunConfig):
     # recomputed on the training clips at the current weights (the lagging running averages
     # tripled the unsupervised validation error)
     recalibrate_norms: bool = RECIPES["default"]["recalibrate_norms"]
+    # the training clips that a validation reads (batch-norm statistics, an unsupervised
+    # model's prototype -> class mapping): at most this many, a fixed draw of the seed; None:
+    # all of them. Reading 7,000 clips made validation cost more than the epoch it follows
+    validation_train_clips: int | None = RECIPES["default"]["validation_train_clips"]
     # unsupervised only: in these stages every training clip stays with the cluster that the
     # initialisation put it in (its prototype's error is the loss, as if supervised by those
     # pseudo-labels); elsewhere each clip goes to the prototype that reconstructs it best.
@@ -174,6 +185,9 @@ class TrainConfig(RunConfig):
                              f"got {self.raw_stage_steps}")
         if not self.ce_lr_factor > 0:
             raise ValueError(f"ce_lr_factor must be positive, got {self.ce_lr_factor}")
+        if self.validation_train_clips is not None and self.validation_train_clips < 1:
+            raise SettingError("validation_train_clips", "validation_train_clips must be at "
+                               f"least 1 (or None: all), got {self.validation_train_clips}")
         if self.val_every < 1:
             raise ValueError(f"val_every must be at least 1, got {self.val_every}")
         for name in ("stage_epochs", "stage_steps", "ce_stage_steps"):
@@ -222,9 +236,13 @@ class BaselineConfig(RunConfig):
     weight_decay: float = 0.0
     grad_clip: float | None = None  # gradient-norm clipping; None: 0.5 for apnet (as its authors)
     apnet_prototypes: int = 100
+    steps: int | None = None  # optimiser-step budget (whole epochs: it ends the epoch it falls in)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.steps is not None and self.steps < 1:
+            raise SettingError("steps", f"steps must be at least 1 (or None: no step budget), "
+                               f"got {self.steps}")
         if self.model not in BASELINES:
             raise ValueError(f"model must be one of {BASELINES}, got {self.model!r}")
         if self.grad_clip is None and self.model == "apnet":

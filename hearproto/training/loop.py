@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hearproto.data.dataset import clip_statistics, crop_batches
+from hearproto.data.dataset import clip_statistics, crop_batches, subset
 from hearproto.errors import RunMismatch
 from hearproto.metrics import evaluate
 from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
@@ -104,6 +104,8 @@ class Trainer(RunLoop):
         ``config.out`` when it resumes (:func:`~hearproto.training.checkpoints.check_resume`)."""
         super().__init__(config, progress, overrides, f"{config.dataset} {config.mode}")
         self.train_clips = self.data.split("train", crop_frames=None)
+        self.validation_clips = subset(self.train_clips, self.config.validation_train_clips,
+                                       self.config.seed)
         self.provenance = data_provenance(self.data)
         k = config.prototypes or self.train_set.num_classes
         if config.mode == "supervised" and k != self.train_set.num_classes:
@@ -432,7 +434,7 @@ class Trainer(RunLoop):
         c = self.config
         if not c.recalibrate_norms:
             return
-        self.model.recalibrate_norms(middle_crops(self.train_clips, self.train_set.crop_frames,
+        self.model.recalibrate_norms(middle_crops(self.validation_clips, self.train_set.crop_frames,
                                                   c.batch_size, c.seed, self.device))
 
     def _validate(self) -> dict:
@@ -442,7 +444,7 @@ class Trainer(RunLoop):
         errors = clip_errors(self.model, self.val_set, self.config.eval_batch_size, self.device,
                              self.config.k_chunk)
         # unsupervised: the majority mapping of the whole training clips, as at evaluation
-        mapping = mapping_for(self.model, self.config.mode, self.train_clips, self.device,
+        mapping = mapping_for(self.model, self.config.mode, self.validation_clips, self.device,
                               self.config.eval_batch_size)
         return evaluate(errors.numpy(), self.val_set.labels.numpy(), mapping,
                         self.val_set.num_classes)

@@ -85,7 +85,8 @@ class RunLoop:
         torch.manual_seed(config.seed)  # the networks' initial weights
         self.data = data = prepare_dataset(
             config.dataset, root=config.root, limit_per_class=config.limit_per_class,
-            n_speakers=config.n_speakers, frontend=config.preset, progress=progress)
+            n_speakers=config.n_speakers, frontend=config.preset, progress=progress,
+            split=config.split)
         if len(data.classes) < 2:
             raise DatasetError(f"{config.dataset} ({data.root}) has one class "
                                f"({', '.join(map(str, data.classes))}): identification needs "
