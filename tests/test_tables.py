@@ -8,19 +8,23 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
+from conftest import SR, harmonic
 from hearproto.baselines.probe import linear_probe
 from hearproto.baselines.trainer import BaselineConfig
-from hearproto.data import prepare_dataset
+from hearproto.data import prepare_dataset, registry
 from hearproto.runner import runs as runs_module
 from hearproto.runner.experiments import write_provenance
 from hearproto.runner.paper import paper_table1, paper_table3
 from hearproto.runner.runs import run_config
-from hearproto.runner.tables import (FLOORS, TABLE3_METHODS, headline_note, headline_table,
-                                     headline_view, table1, table1_note, table2, table3,
-                                     write_tables)
+from hearproto.runner import tables as tables_module
+from hearproto.runner.tables import (FLOORS, TABLE3_METHODS, UNSEEN, data_splits, headline_note,
+                                     headline_table, headline_view, table1, table1_note, table2,
+                                     table3, write_tables)
 from hearproto.training import RESUMABLE, TrainConfig
 
 
@@ -91,6 +95,49 @@ def test_tables_train_once_and_carry_provenance(tones, tmp_path):
     assert "±" not in (folder / "table3.md").read_text()
     assert {"OA ci95", "seeds", "clips"} <= set(pd.read_csv(folder / "table3.csv").columns)
     assert "; 1 seed, no interval (seed 0)" in headline_note("folder", "ci", rows, [0])
+
+
+def test_held_out_sources_add_the_unseen_bank_column(tmp_path, monkeypatch):
+    """A generated dataset whose clips come from two sources: Tables 2 and 3 add, per method,
+    the test OA of the first seed's run on each held-out source and their mean, and the same
+    for the floor, while the headline cells stay those of the random split."""
+    def render(out_dir: Path, limit_per_class=None, seed=0, progress=True):
+        rng, rows = np.random.default_rng(0), []
+        for label, f0 in (("low", 150.0), ("mid", 600.0), ("high", 2400.0)):
+            (out_dir / label).mkdir()
+            for i in range(12):
+                sf.write(out_dir / label / f"{i}.wav",
+                         harmonic(f0 * rng.uniform(0.97, 1.03), 0.6, rng), SR)
+                rows.append({"path": f"{label}/{i}.wav", "label": label,
+                             "lineage": "ab"[i % 2], "bank": "ab"[i % 2]})
+        return rows
+
+    monkeypatch.setattr(registry, "_renderer", lambda name: render)
+    monkeypatch.setattr(tables_module, "unseen_splits",
+                        lambda dataset, scale: ("heldout-a", "heldout-b"))
+    root = str(tmp_path / "gen")
+    table, rows = table3("speakers", "ci", root=root, device="cpu", progress=False)
+    splits = data_splits(rows)
+    assert list(splits) == ["random"] * 3 + ["heldout-a"] * 3 + ["heldout-b"] * 3
+    assert (rows.loc[splits == "heldout-a", "clips"] == 18).all()  # every clip of source a
+    ours = rows["method"] == "Ours supervised"
+    by_method = table.set_index("method")
+    assert by_method.loc["Ours supervised", "OA"] == rows.loc[ours & (splits == "random"), "OA"].item()
+    for source in "ab":
+        assert by_method.loc["Ours supervised", f"unseen {source} OA"] == \
+            rows.loc[ours & (splits == f"heldout-{source}"), "OA"].item()
+    assert by_method[UNSEEN].round(6).equals(
+        by_method[["unseen a OA", "unseen b OA"]].mean(axis=1).round(6))
+    held_out = prepare_dataset("speakers", root=root, split="heldout-b", limit_per_class=5)
+    train, test = (held_out.split(s, crop_frames=None) for s in ("train", "test"))
+    assert by_method.loc[FLOORS["probe"], "unseen b OA"] == linear_probe(train, test)["OA"]
+    assert UNSEEN in headline_view(table).columns
+    note = headline_note("speakers", "ci", rows, [0])
+    assert "(6 clips)" in note and "mean over a, b" in note
+
+    clustering, clustering_rows = table2("speakers", "ci", root=root, device="cpu",
+                                         progress=False)
+    assert clustering[UNSEEN].notna().all() and len(clustering_rows) == 9
 
 
 def _seed_rows(values: dict[str, list[float]]) -> pd.DataFrame:

@@ -9,7 +9,10 @@ Each ``tableN`` function trains what it needs (or reuses finished runs, see
   with the paper's dataset, e.g. ``paper SOL OA``. Tables 2 and 3 give per method the mean over
   seeds (``OA``), the half-width of its 95 % Student t interval (``OA ci95``: t_{0.975, n-1} ·
   s / sqrt(n), empty with one seed), the number of seeds ``n`` (``seeds``) and the test clips
-  (``clips``). Table 1 gives seed 0's stages and, where other seeds' runs exist, their
+  (``clips``). Where the dataset has held-out splits (:data:`~hearproto.runner.runs.HELDOUT_SPLITS`:
+  the built-in instruments' bank lineages), they add ``unseen-bank OA``, the mean over the
+  held-out sources of the first seed's test OA on the source it never saw, and one
+  ``unseen SOURCE OA`` column per source. Table 1 gives seed 0's stages and, where other seeds' runs exist, their
   validation OA at the same stage (``OA other seeds``).
 
 :func:`write_tables` writes both, as ``tableN.csv`` / ``tableN.md`` and ``tableN_runs.csv``;
@@ -18,6 +21,7 @@ the Markdown of Tables 2 and 3 shows ``mean ± half-width`` (:func:`headline_vie
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,13 +34,13 @@ from hearproto.runner.claims import seed_half_width
 from hearproto.runner.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, paper_table2, paper_table3
 from hearproto.provenance import describe_device, git_commit
 from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
-from hearproto.runner.runs import ensure_run, run_config, stage_checkpoint
+from hearproto.runner.runs import HELDOUT_SPLITS, ensure_run, run_config, stage_checkpoint
 from hearproto.runner.shipped import retraining, shipped_scores, unpack_run
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
                                 read_checkpoint, resolve_device, stages_for)
 
-__all__ = ["HEADLINE_SEEDS", "FLOORS", "headline_note", "headline_table", "headline_view",
+__all__ = ["HEADLINE_SEEDS", "FLOORS", "UNSEEN", "data_splits", "unseen_splits", "headline_note", "headline_table", "headline_view",
            "with_spread", "evaluate_rows", "table1", "table1_note", "table2", "table3",
            "write_tables"]
 
@@ -52,6 +56,29 @@ TABLE3_METHODS = {"direct": "Direct Classification", "apnet": "APNet",
 #: frame per clip already gives, with labels and without.
 FLOORS = {"probe": "Linear probe on mean log-Mels (floor)",
           "kmeans": "K-means on mean log-Mels (floor)"}
+
+
+#: The column of Tables 2 and 3 that holds, per method, the mean test OA on held-out sources.
+UNSEEN = "unseen-bank OA"
+
+
+def unseen_splits(dataset: str, scale: str) -> tuple[str, ...]:
+    """The held-out splits Tables 2 and 3 report on ``dataset`` at ``scale``: the dataset's
+    :data:`~hearproto.runner.runs.HELDOUT_SPLITS`, none at ``ci`` scale (as the runs)."""
+    return () if scale == "ci" else HELDOUT_SPLITS.get(dataset, ())
+
+
+def data_splits(runs: pd.DataFrame) -> pd.Series:
+    """The data split each row's run was trained on (its config's ``split``; ``random`` for
+    runs made before held-out splits existed, and rows without a config)."""
+    if "config" not in runs:
+        return pd.Series("random", index=runs.index)
+    return runs["config"].map(lambda config: json.loads(config).get("split", "random"))
+
+
+def _random_split(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``runs`` trained on the random split (the headline numbers)."""
+    return runs[data_splits(runs) == "random"]
 
 
 def evaluate_rows(checkpoints: list[tuple[Path, dict]], split: str, device: str = "auto",
@@ -172,7 +199,9 @@ def headline_table(runs: pd.DataFrame, labels: dict[str, str], columns: tuple[st
     """Per method of ``labels`` (in their order): ``seeds``, and per column of ``columns``
     the mean over seeds and ``COLUMN ci95``, the half-width of its 95 % Student t interval
     (None with one value); ``clips``, the test clips; ``train minutes``; then the paper's
-    columns from ``reference`` where ``dataset`` has a counterpart in the paper."""
+    columns from ``reference`` where ``dataset`` has a counterpart in the paper. Rows of runs
+    trained on a held-out split are left to :func:`with_unseen`."""
+    runs = _random_split(runs)
     rows = []
     for label in labels.values():
         part = runs[runs["method"] == label]
@@ -197,11 +226,15 @@ def headline_table(runs: pd.DataFrame, labels: dict[str, str], columns: tuple[st
 def _clustering_or_classification(methods: dict[str, str], clustering: bool, dataset: str,
                                   scale: str, seeds, root, device, runs_dir, progress: bool,
                                   n_speakers: int | None) -> pd.DataFrame:
+    """Test rows of every method of ``methods`` for each seed, then of the first seed's runs on
+    each held-out split (:func:`unseen_splits`)."""
+    runs = [(seed, "random") for seed in seeds]
+    runs += [(seeds[0], split) for split in unseen_splits(dataset, scale)]
     entries = []
-    for seed in seeds:
+    for seed, split in runs:
         for method, label in methods.items():
             run = ensure_run(run_config(method, dataset, scale, seed, root, device, runs_dir,
-                                        n_speakers), progress)
+                                        n_speakers, split=split), progress)
             checkpoint = run / ("last.pt" if method.startswith("ours-") else "best.pt")
             entries.append((checkpoint, {"method": label,
                                          "clustering": clustering and method == "apnet"}))
@@ -210,22 +243,63 @@ def _clustering_or_classification(methods: dict[str, str], clustering: bool, dat
 
 def _floor(runs: pd.DataFrame, method: str, kind: str, root: str | None) -> dict:
     """The ``kind`` floor (:data:`FLOORS`) on the data of ``method``'s first run, as a row of
-    a headline table (scikit-learn is deterministic here: one "seed", no interval)."""
-    first = runs[runs["method"] == method].iloc[0]
-    path = Path(first["checkpoint"])
+    a headline table (scikit-learn is deterministic here: one "seed", no interval); on the
+    held-out splits of ``runs`` too (:func:`with_unseen`)."""
+    main = _random_split(runs)
+    first = main[main["method"] == method].iloc[0]
+    row = {"method": FLOORS[kind], "seeds": 1, **_floor_scores(first, kind, root),
+           "clips": int(first["clips"])}
+    held = runs[(data_splits(runs) != "random") & (runs["method"] == method)]
+    unseen = {f"unseen {_source(split)} OA": _floor_scores(rows.iloc[0], kind, root).get("OA")
+              for split, rows in held.groupby(data_splits(held), sort=False)}
+    if unseen:
+        row.update({UNSEEN: _mean(unseen.values()), **unseen})
+    return row
+
+
+def _floor_scores(run_row: pd.Series, kind: str, root: str | None) -> dict:
+    """OA and AA of the ``kind`` floor on the data of the run behind ``run_row`` ({} when the
+    checkpoint is not on disk: a run shipped as table rows alone)."""
+    path = Path(run_row["checkpoint"])
     payload = read_checkpoint(path) if path.is_file() else None
     if payload is None:
-        return {"method": FLOORS[kind], "seeds": 0}
+        return {}
     data = checkpoint_dataset(path, payload, TrainConfig.from_dict(payload["config"]), root)
     train, test = (data.split(split, crop_frames=None) for split in ("train", "test"))
     scores = (linear_probe(train, test) if kind == "probe"
               else kmeans_clustering(train, test, seed=int(payload["config"]["seed"])))
-    return {"method": FLOORS[kind], "seeds": 1, "OA": scores["OA"], "AA": scores["AA"],
-            "clips": int(first["clips"])}
+    return {"OA": scores["OA"], "AA": scores["AA"]}
+
+
+def _source(split: str) -> str:
+    return split.removeprefix("heldout-")
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and v == v]
+    return sum(values) / len(values) if values else None
 
 
 def _with_floor(table: pd.DataFrame, floor: dict) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([floor])], ignore_index=True)
+
+
+def with_unseen(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with, per method, one ``unseen SOURCE OA`` column per held-out split of
+    ``runs`` (the test OA of the run that never saw SOURCE) and :data:`UNSEEN`, their mean;
+    unchanged when ``runs`` has no held-out rows."""
+    held = runs[data_splits(runs) != "random"]
+    if not len(held):
+        return table
+    table = table.copy()
+    columns = []
+    for split, rows in held.groupby(data_splits(held), sort=False):
+        column = f"unseen {_source(split)} OA"
+        table[column] = table["method"].map(rows.groupby("method")["OA"].mean())
+        columns.append(column)
+    table.insert(table.columns.get_loc("clips"), UNSEEN,
+                 [_mean(values) for values in table[columns].itertuples(index=False)])
+    return table
 
 
 def table2(dataset: str, scale: str, seeds=None, root: str | None = None, device: str = "auto",
@@ -237,7 +311,8 @@ def table2(dataset: str, scale: str, seeds=None, root: str | None = None, device
     seeds = HEADLINE_SEEDS[scale] if seeds is None else seeds
     runs = _clustering_or_classification(TABLE2_METHODS, True, dataset, scale, seeds, root,
                                          device, runs_dir, progress, n_speakers)
-    table = headline_table(runs, TABLE2_METHODS, ("OA", "AA"), dataset, paper_table2(dataset))
+    table = with_unseen(headline_table(runs, TABLE2_METHODS, ("OA", "AA"), dataset,
+                                       paper_table2(dataset)), runs)
     return _with_floor(table, _floor(runs, TABLE2_METHODS["ours-unsupervised"], "kmeans",
                                      root)), runs
 
@@ -251,16 +326,19 @@ def table3(dataset: str, scale: str, seeds=None, root: str | None = None, device
     seeds = HEADLINE_SEEDS[scale] if seeds is None else seeds
     runs = _clustering_or_classification(TABLE3_METHODS, False, dataset, scale, seeds, root,
                                          device, runs_dir, progress, n_speakers)
-    table = headline_table(runs, TABLE3_METHODS, ("OA", "AA", "L_rec"), dataset,
-                           paper_table3(dataset))
+    table = with_unseen(headline_table(runs, TABLE3_METHODS, ("OA", "AA", "L_rec"), dataset,
+                                       paper_table3(dataset)), runs)
     return _with_floor(table, _floor(runs, TABLE3_METHODS["ours-supervised"], "probe",
                                      root)), runs
 
 
 def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
     """The line above Table 2 or 3: the data, the split, what a cell is, which rows have one
-    seed and so no interval, the device the runs trained on."""
+    seed and so no interval, the device the runs trained on; what the unseen-bank column is,
+    where ``runs`` has held-out rows."""
     seeds = list(seeds)
+    held = runs[data_splits(runs) != "random"]
+    runs = _random_split(runs)
     per_method = runs.groupby("method", sort=False)["seed"].nunique()
     most = int(per_method.max())
     if most == 1:
@@ -272,9 +350,15 @@ def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
         fewer = [f"{method}: " + ("1 seed, no interval" if n == 1 else f"{n} seeds")
                  for method, n in per_method.items() if n < most]
         spread += "".join(f"; {text}" for text in fewer)
-    devices = ", ".join(sorted(runs["trained_on"].dropna().unique()))
+    unseen = ""
+    if len(held):
+        sources = [_source(split) for split in data_splits(held).unique()]
+        unseen = (f" `{UNSEEN}`: seed {int(held['seed'].iloc[0])} trained without one lineage of "
+                  f"sample banks and tested on all of its clips, the mean over "
+                  f"{', '.join(sources)}.")
+    devices = ", ".join(sorted(pd.concat([runs, held])["trained_on"].dropna().unique()))
     return (f"**{dataset}**, `{scale}` scale, test split ({int(runs['clips'].iloc[0])} clips); "
-            f"{spread}. Trained on {devices}.")
+            f"{spread}. Trained on {devices}.{unseen}")
 
 
 def with_spread(mean: float | None, half_width: float | None, seeds: int,
@@ -297,6 +381,8 @@ def headline_view(table: pd.DataFrame) -> pd.DataFrame:
             digits = 2 if column == "L_rec" else 1
             shown[column] = [with_spread(m, h, n, digits) for m, h, n in
                              zip(table[column], table[f"{column} ci95"], table["seeds"])]
+    if UNSEEN in table.columns:
+        shown[UNSEEN] = [with_spread(m, None, 1) for m in table[UNSEEN]]
     shown["train min"] = [with_spread(m, None, 1, 0) for m in table["train minutes"]]
     for column in (c for c in table.columns if c.startswith("paper ")):
         shown[column] = [with_spread(m, None, 1, 2 if "L_rec" in column else 1)
