@@ -113,28 +113,27 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _experiments_ship(args: argparse.Namespace) -> int:
-    from hearproto.runner.runs import METHODS, run_config
+    from hearproto.runner.runs import METHODS, planned_runs, run_config
     from hearproto.runner.shipped import default_keep, is_finished, ship_run, weights_dir
 
     methods = args.methods.split(",") if args.methods else list(METHODS)
     shipped = 0
-    for seed in _seeds(args):
-        for method in methods:
-            for dataset in args.datasets.split(","):
-                run = Path(run_config(method, dataset, args.scale, seed).out)
-                if not is_finished(run):
-                    state = "not trained" if not (run / "last.pt").is_file() else "not finished"
-                    print(f"{dataset} {method} seed {seed}: {state}, skipped (hearproto "
-                          f"experiments train --scale {args.scale} finishes it)", flush=True)
-                    continue
-                keep = args.keep or default_keep(method, seed)
-                sidecar = ship_run(run, args.scale, dataset, half=None, overwrite=args.force,
-                                   keep=keep)
-                shipped += 1
-                kept = (f"{sidecar['bytes'] / 1e6:.2f} MB {sidecar['dtype']}, "
-                        f"{len(sidecar['checkpoints'])} checkpoint(s)" if keep != "scores"
-                        else "table rows only, no weights")
-                print(f"{dataset} {method} seed {seed}: {kept}", flush=True)
+    for spec in planned_runs(args.scale, args.datasets.split(","), methods, _seeds(args)):
+        run = Path(run_config(spec.method, spec.dataset, args.scale, spec.seed,
+                              split=spec.split).out)
+        if not is_finished(run):
+            state = "not trained" if not (run / "last.pt").is_file() else "not finished"
+            print(f"{spec}: {state}, skipped (hearproto experiments train --scale "
+                  f"{args.scale} finishes it)", flush=True)
+            continue
+        keep = args.keep or default_keep(spec.method, spec.seed, spec.split)
+        sidecar = ship_run(run, args.scale, spec.dataset, half=None, overwrite=args.force,
+                           keep=keep)
+        shipped += 1
+        kept = (f"{sidecar['bytes'] / 1e6:.2f} MB {sidecar['dtype']}, "
+                f"{len(sidecar['checkpoints'])} checkpoint(s)" if keep != "scores"
+                else "table rows only, no weights")
+        print(f"{spec}: {kept}, {len(sidecar['scores'])} stored score(s)", flush=True)
     total = sum(p.stat().st_size for p in weights_dir().rglob("*") if p.is_file())
     print(f"{shipped} run(s) shipped; {weights_dir()} holds {total / 1e6:.1f} MB")
     return 0

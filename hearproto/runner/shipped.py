@@ -12,8 +12,11 @@ A shipped run is two files in ``weights/SCALE/DATASET/``, named after its run fo
 * ``RUN.json``: what made the run (its config, the commits that trained it, the device, the
   training time, its data: classes and split hash), each checkpoint's other contents (stage,
   state, metrics rows), which stored tensor each of its weights is, and the sha256 of the
-  safetensors file. A run shipped as table rows alone (APNet, too large for the budget) has
-  no safetensors file: its sidecar holds its test scores instead (:func:`shipped_scores`).
+  safetensors file, and the scores the tables read (:func:`shipped_scores`): the evaluated
+  checkpoint's on the test split, each stage checkpoint's on the validation split, so that
+  the book reads them instead of evaluating every run again. A run shipped as table rows
+  alone (APNet, too large for the budget; the runs on held-out splits) has no safetensors
+  file, only these scores.
 
 :func:`ship_run` writes them from a run folder; :func:`unpack_run` writes the run folder back,
 with checkpoints that hold no optimiser or random state: the run can be evaluated, played and
@@ -92,12 +95,13 @@ def is_finished(run: str | os.PathLike) -> bool:
     return last.is_file() and _finished(read_checkpoint(last))
 
 
-def default_keep(method: str, seed: int) -> str:
+def default_keep(method: str, seed: int, split: str = "random") -> str:
     """What :func:`ship_run` keeps of a run by default (:data:`KEEP`): every checkpoint of our
     seed-0 runs (Table 1 evaluates their stage checkpoints, the Method pages load them), the
-    table rows alone of APNet (6.7 M parameters: 13 MB in float16 would take half of the
-    book's 30 MB), and the checkpoint the tables evaluate of every other run."""
-    if method == "apnet":
+    table rows alone of APNet (6.7 M parameters: 13 MB in float16 would take a fifth of the
+    book's 60 MB) and of every run on a held-out split (only the unseen-bank column reads
+    them), and the checkpoint the tables evaluate of every other run."""
+    if method == "apnet" or split != "random":
         return "scores"
     return "all" if method.startswith("ours-") and seed == 0 else "evaluated"
 
@@ -187,22 +191,34 @@ def _float16_moves_scores(run: Path, name: str, packs: list[tuple[dict, dict]],
     return a["OA"] != b["OA"] or a["AA"] != b["AA"] or moved_l_rec
 
 
-def _table_scores(run: Path, name: str, payload: dict, device: str) -> list[dict]:
-    """The test scores the tables read of checkpoint ``name``: both of APNet's (its classifier,
-    Table 3; K-means on its similarities, Table 2), one of any other model."""
+def _table_scores(run: Path, names: list[str], payloads: dict[str, dict], device: str
+                  ) -> list[dict]:
+    """The scores the tables read of the checkpoints ``names``: the evaluated one's on the
+    test split (both of APNet's: its classifier, Table 3; K-means on its similarities, Table
+    2), each stage checkpoint's on the validation split (Table 1)."""
     from hearproto.baselines.trainer import evaluate_baseline
     from hearproto.provenance import describe_device, git_commit
     from hearproto.training import evaluate_checkpoint, resolve_device
 
-    variants = (False, True) if payload.get("baseline") == "apnet" else (False,)
     evaluated_on = describe_device(resolve_device(device))
+    commit = git_commit(Path(__file__).parent)
     rows = []
-    for clustering in variants:
-        scores = (evaluate_baseline(run / name, "test", device, clustering=clustering)
-                  if payload.get("baseline") else evaluate_checkpoint(run / name, "test", device))
-        rows.append({"checkpoint": name, "split": "test", "clustering": clustering,
-                     "scores": _json_value(scores), "contents": _contents(payload),
-                     "evaluated_on": evaluated_on, "commit": git_commit(Path(__file__).parent)})
+    for name in names:
+        payload = payloads[name]
+        if name.startswith("stages/"):
+            split = "val"
+        elif name == _evaluated_checkpoint(payload):
+            split = "test"
+        else:
+            continue  # a baseline's last.pt: no table reads it
+        baseline = payload.get("baseline")
+        variants = (False, True) if baseline == "apnet" and split == "test" else (False,)
+        for clustering in variants:
+            scores = (evaluate_baseline(run / name, split, device, clustering=clustering)
+                      if baseline else evaluate_checkpoint(run / name, split, device))
+            rows.append({"checkpoint": name, "split": split, "clustering": clustering,
+                         "scores": _json_value(scores), "contents": _contents(payload),
+                         "evaluated_on": evaluated_on, "commit": commit})
     return rows
 
 
@@ -232,12 +248,12 @@ def ship_run(run: str | os.PathLike, scale: str, dataset: str, root: Path | None
     sidecar = {"format": SHIPPED_FORMAT, "run": run.name, "scale": scale, "dataset": dataset,
                "method": run.name.split("-seed")[0], "seed": facts["config"]["seed"],
                "recipe": facts["config"].get("recipe"), "keep": keep}
+    # the tables read these instead of evaluating the run again (the book builds in minutes)
+    sidecar["scores"] = _table_scores(run, names, payloads, device)
     if keep == "scores":
-        name = names[0]
-        scores = _table_scores(run, name, payloads[name], device)
         tensors_file.unlink(missing_ok=True)  # a run shipped with weights before
         sidecar.update({"dtype": None, "sha256": None, "bytes": 0, **_json_value(facts),
-                        "scores": scores, "checkpoints": {}})
+                        "checkpoints": {}})
     else:
         if half is None:  # float16 for each checkpoint whose validation scores it leaves alone
             packs = [_pack(payloads, dict.fromkeys(payloads, h)) for h in (False, True)]
@@ -262,19 +278,24 @@ def ship_run(run: str | os.PathLike, scale: str, dataset: str, root: Path | None
 
 def shipped_scores(checkpoint: str | os.PathLike, split: str, clustering: bool = False
                    ) -> dict | None:
-    """The stored scores of a checkpoint shipped as table rows alone (``keep="scores"``):
+    """The scores stored at shipping time of a checkpoint unpacked from ``weights/``:
     ``scores`` (as the evaluate functions return them), ``contents`` (the checkpoint's
-    provenance), ``evaluated_on`` and ``commit``; None for a checkpoint that is there to
-    evaluate."""
+    provenance), ``evaluated_on`` and ``commit``. None where there are none to read: a run
+    not unpacked, or a checkpoint shipped with its weights but without these scores (it is
+    evaluated). A checkpoint shipped as table rows alone without them is an error."""
     checkpoint = Path(checkpoint)
     marker = checkpoint.parent / SHIPPED_MARKER
-    if checkpoint.is_file() or not marker.is_file():
+    if checkpoint.parent.name == "stages":
+        marker = checkpoint.parent.parent / SHIPPED_MARKER
+    if not marker.is_file():
         return None
+    name = checkpoint.relative_to(marker.parent).as_posix()
     stored = json.loads(marker.read_text()).get("scores") or []
     for entry in stored:
-        if (entry["checkpoint"], entry["split"], entry["clustering"]) == \
-                (checkpoint.name, split, clustering):
+        if (entry["checkpoint"], entry["split"], entry["clustering"]) == (name, split, clustering):
             return entry
+    if checkpoint.is_file():
+        return None
     kind = "clustering " if clustering else ""
     raise CheckpointError(f"{checkpoint}: shipped as table rows without weights, and without "
                           f"its {kind}{split} scores; train the run afresh (hearproto "
