@@ -95,8 +95,20 @@ book: experiments html
 
 # Everything from scratch: the full scale's runs trained (not unpacked from weights/; an
 # interrupted `make reproduce` resumes them), every notebook executed on them, the book built.
+# WORKERS processes of one thread each train the runs side by side, each taking the next run
+# no other holds; their logs go to logs/. The data are prepared first, by one process.
+WORKERS ?= 2
 reproduce: install assets
-	$(BIN)/hearproto experiments train --scale full --seeds 0,1,2
+	$(BIN)/hearproto data prepare instruments
+	$(BIN)/hearproto data prepare speakers
+	@mkdir -p logs
+	@echo "training in $(WORKERS) processes; logs in logs/reproduce-*.log"
+	@pids=""; for i in $$(seq 1 $(WORKERS)); do \
+		$(BIN)/hearproto experiments train --scale full --seeds 0,1,2 --threads 1 \
+			> logs/reproduce-$$i.log 2>&1 & pids="$$pids $$!"; sleep 10; \
+	done; status=0; for p in $$pids; do wait $$p || status=1; done; \
+	if [ $$status != 0 ]; then echo "a training process failed: see logs/reproduce-*.log"; fi; \
+	exit $$status
 	$(BIN)/hearproto experiments run --scale full --retrain
 	$(MAKE) html
 

@@ -261,6 +261,23 @@ def test_a_heldout_run_has_a_folder_of_its_own_and_random_runs_keep_theirs(tmp_p
         run_config("direct", "instruments", "full", split="bank")
 
 
+def test_train_runs_skips_a_run_another_process_holds(tones):
+    """Processes that train the same runs share them: a run whose folder is locked (another
+    process trains it) is skipped, the next one trained."""
+    from hearproto.training.runloop import exclusive
+
+    held = Path(run_config("ours-supervised", "folder", "ci", 0, root=str(tones)).out)
+    lines = []
+    with exclusive(held):
+        summaries = runs_module.train_runs("ci", ["folder"], ["ours-supervised", "direct"], [0],
+                                           device="cpu", root=str(tones), progress=False,
+                                           report=lines.append)
+    assert [s["done"] for s in summaries] == [False, True]
+    assert summaries[0]["stop_reason"] == "in use by another process"
+    assert lines[0] == "folder ours-supervised seed 0: another process is training it, skipped"
+    assert not (held / "last.pt").exists()
+
+
 def test_train_runs_refuses_a_shard_out_of_range(tones):
     with pytest.raises(ValueError, match="shard 3/2"):
         runs_module.train_runs("ci", ["folder"], shard=(3, 2), root=str(tones))

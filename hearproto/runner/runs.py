@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
+from hearproto.errors import RunLocked
 from hearproto.files import data_home
 from hearproto.runner.shipped import is_unpacked, retraining, unpack_run
 from hearproto.training import RESUMABLE, TrainConfig, train
@@ -208,7 +209,9 @@ def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: f
     (:func:`planned_runs`), within ``max_minutes`` in all (None: no limit). A run cut by the
     budget resumes, in the same folder, at the next call. ``shard=(I, N)`` trains only the
     I-th of N disjoint shares of the runs (every N-th run from the I-th), so that N processes
-    or machines can share them. ``report`` gets one line per run; returns one summary per run
+    or machines can share them. Processes that train the same runs at once share them too: a
+    run that another process holds (its folder is locked while it trains) is skipped, so each
+    process takes the next free run. ``report`` gets one line per run; returns one summary per run
     (``done`` False for those not finished). ``root``: the data folder of a single dataset
     that is not built in."""
     index, count = shard
@@ -231,8 +234,14 @@ def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: f
             shutil.rmtree(config.out)
         if left is not None:
             config.max_minutes = _elapsed_minutes(Path(config.out)) + left
-        summary = (train_baseline(config, progress=progress)
-                   if isinstance(config, BaselineConfig) else train(config, progress))
+        try:
+            summary = (train_baseline(config, progress=progress)
+                       if isinstance(config, BaselineConfig) else train(config, progress))
+        except RunLocked:  # another process trains it: take the next run
+            summaries.append({"run": name, "out": config.out, "done": False,
+                              "stop_reason": "in use by another process"})
+            report(f"{name}: another process is training it, skipped")
+            continue
         done = not summary["stop_reason"].startswith("time budget")
         summaries.append({"run": name, "done": done, **summary})
         report(f"{name}: {summary['stop_reason']}, {summary['epochs']} epochs, "

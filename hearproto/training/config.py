@@ -94,9 +94,9 @@ RECIPES: dict[str, dict] = {
     },
     "default": {
         "lr": 1e-3, "batch_size": 32, "patience": 10, "stage_steps": 150,
-        "raw_stage_steps": 0, "ce_stage_steps": 900, "val_every": 4,
+        "raw_stage_steps": 0, "ce_stage_steps": 2700, "val_every": 4,
         "beta_init": -4.0, "beta_parametrisation": "log", "beta_calibration": True,
-        "lambda_ce": 0.01, "ce_warmup": True, "ce_lr_factor": 0.1,
+        "lambda_ce": 0.01, "ce_warmup": True, "ce_lr_factor": 0.3,
         "error_stride": 4, "augment": False, "unsupervised_init": "cepstral",
         "recalibrate_norms": True, "held_stages": ["gain", "pitch", "filters", "ce", "lr_decay"],
         "validation_train_clips": 2048,
