@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline, train_baseline
-from hearproto.errors import CheckpointError
+from hearproto.errors import CheckpointError, DatasetError
 from hearproto.runner import runs
 from hearproto.runner.shipped import (default_keep, is_unpacked, ship_run, shipped_files,
                                       unpack_run)
@@ -191,6 +191,13 @@ def test_the_tables_read_the_scores_stored_at_shipping(run, tmp_path, monkeypatc
         evaluate_rows([(copy / "last.pt", {})], "train")
     with pytest.raises(AssertionError, match="evaluated again"):  # the run itself: evaluated
         evaluate_rows([(run / "last.pt", {})], "test")
+    # stored scores hold for the data they were made on only, as checkpoints do
+    marker = copy / "shipped.json"
+    facts = json.loads(marker.read_text())
+    facts["data"]["split_hash"] = "another split"
+    marker.write_text(json.dumps(facts))
+    with pytest.raises(DatasetError, match="other files or another split"):
+        evaluate_rows([(copy / "last.pt", {})], "test")
 
 
 def test_default_keep():

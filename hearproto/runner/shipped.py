@@ -280,7 +280,7 @@ def shipped_scores(checkpoint: str | os.PathLike, split: str, clustering: bool =
                    ) -> dict | None:
     """The scores stored at shipping time of a checkpoint unpacked from ``weights/``:
     ``scores`` (as the evaluate functions return them), ``contents`` (the checkpoint's
-    provenance), ``evaluated_on`` and ``commit``. None where there are none to read: a run
+    provenance), ``data`` (the run's data identity), ``evaluated_on`` and ``commit``. None where there are none to read: a run
     not unpacked, or a checkpoint shipped with its weights but without these scores (it is
     evaluated). A checkpoint shipped as table rows alone without them is an error."""
     checkpoint = Path(checkpoint)
@@ -290,10 +290,10 @@ def shipped_scores(checkpoint: str | os.PathLike, split: str, clustering: bool =
     if not marker.is_file():
         return None
     name = checkpoint.relative_to(marker.parent).as_posix()
-    stored = json.loads(marker.read_text()).get("scores") or []
-    for entry in stored:
+    sidecar = json.loads(marker.read_text())
+    for entry in sidecar.get("scores") or []:
         if (entry["checkpoint"], entry["split"], entry["clustering"]) == (name, split, clustering):
-            return entry
+            return {**entry, "data": sidecar.get("data")}
     if checkpoint.is_file():
         return None
     kind = "clustering " if clustering else ""

@@ -39,6 +39,7 @@ from hearproto.runner.shipped import retraining, shipped_scores, unpack_run
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
                                 read_checkpoint, resolve_device, stages_for)
+from hearproto.training.config import RunConfig
 
 __all__ = ["HEADLINE_SEEDS", "FLOORS", "UNSEEN", "data_splits", "unseen_splits", "headline_note", "headline_table", "headline_view",
            "with_spread", "evaluate_rows", "table1", "table1_note", "table2", "table3",
@@ -93,7 +94,10 @@ def evaluate_rows(checkpoints: list[tuple[Path, dict]], split: str, device: str 
     rows = []
     for path, extra in checkpoints:
         stored = shipped_scores(path, split, extra.get("clustering", False))
-        if stored is not None:  # shipped as table rows without weights (APNet)
+        if stored is not None:  # scores stored when the run was shipped
+            # only for the data they were made on: other data raise, as an evaluation would
+            contents = {**stored["contents"], "data": stored["data"]}
+            checkpoint_dataset(path, contents, RunConfig.from_dict(contents["config"]), root)
             row = result_row(stored["scores"], stored["contents"], path,
                              stored["evaluated_on"], stored["commit"])
             rows.append({"method": extra.get("method", row["model"]), **row})
