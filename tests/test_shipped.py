@@ -11,11 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hearproto.baselines.probe import linear_probe
 from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline, train_baseline
+from hearproto.data import prepare_dataset
 from hearproto.errors import CheckpointError, DatasetError
 from hearproto.runner import runs
-from hearproto.runner.shipped import (default_keep, is_unpacked, ship_run, shipped_files,
-                                      unpack_run)
+from hearproto.runner.shipped import (budget_of, default_keep, is_unpacked, ship_run,
+                                      shipped_files, shipped_runs_table, unpack_run)
 from hearproto.runner import tables
 from hearproto.runner.tables import evaluate_rows
 from hearproto.training import TrainConfig, evaluate_checkpoint, load_checkpoint, train
@@ -147,7 +149,7 @@ def test_keeping_the_evaluated_checkpoint_ships_only_it(run, direct, tmp_path):
     assert (a["OA"], a["AA"]) == (b["OA"], b["AA"])
 
 
-def test_a_run_shipped_as_rows_gives_its_scores_to_the_tables(direct, tmp_path):
+def test_a_run_shipped_as_rows_gives_its_scores_to_the_tables(direct, tones, tmp_path):
     weights = tmp_path / "weights"
     sidecar = ship_run(direct, "ci", "folder", root=weights, keep="scores")
     tensors_file, _ = shipped_files(direct, "ci", "folder", weights)
@@ -162,6 +164,11 @@ def test_a_run_shipped_as_rows_gives_its_scores_to_the_tables(direct, tmp_path):
     assert rows.loc[0, "seed"] == 0 and rows.loc[0, "epochs"] is not None
     with pytest.raises(CheckpointError, match="without its val scores"):
         evaluate_rows([(copy / "best.pt", {})], "val")
+    # the floor beside it is computed on the data its stored scores name
+    floor = tables._floor_scores(rows.iloc[0], "probe", None)
+    train, test = (prepare_dataset("folder", root=str(tones), frontend="speakers", progress=False)
+                   .split(s, crop_frames=None) for s in ("train", "test"))
+    assert floor["OA"] == linear_probe(train, test)["OA"]
 
 
 def test_the_tables_read_the_scores_stored_at_shipping(run, tmp_path, monkeypatch):
@@ -198,6 +205,23 @@ def test_the_tables_read_the_scores_stored_at_shipping(run, tmp_path, monkeypatc
     marker.write_text(json.dumps(facts))
     with pytest.raises(DatasetError, match="other files or another split"):
         evaluate_rows([(copy / "last.pt", {})], "test")
+
+
+def test_the_shipped_runs_table_gives_each_run_its_budget_and_time(run, direct, tmp_path):
+    weights = tmp_path / "weights"
+    ship_run(run, "ci", "folder", root=weights, half=True)
+    ship_run(direct, "ci", "folder", root=weights, keep="scores")
+    table = shipped_runs_table("ci", root=weights).set_index("method")
+    assert list(table.index) == ["direct", "ours-supervised"]
+    assert table.loc["ours-supervised", "budget"] == "1 epoch per stage"
+    assert table.loc["direct", "budget"] == "2 epochs, patience 20"
+    assert table.loc["direct", "kept"] == "scores" and table.loc["direct", "MB"] == 0
+    assert table.loc["ours-supervised", "epochs"] == 3 and table.loc["ours-supervised", "MB"] > 0
+    assert table.loc["ours-supervised", "trained on"].endswith(", 1 thread)")
+    assert budget_of({"stage_steps": 150, "ce_stage_steps": 2700, "mode": "supervised"}) == \
+        "150 steps per transformation stage, 2700 of cross-entropy"
+    assert budget_of({"model": "apnet", "steps": 400, "epochs": 1000}) == "400 steps"
+    assert shipped_runs_table("full", root=tmp_path / "none").empty
 
 
 def test_default_keep():

@@ -35,6 +35,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -44,7 +45,7 @@ from hearproto.training.checkpoints import read_checkpoint, save_checkpoint
 
 __all__ = ["SHIPPED_FORMAT", "SHIPPED_MARKER", "KEEP", "weights_dir", "shipped_files",
            "default_keep", "is_finished", "ship_run", "shipped_scores", "unpack_run",
-           "is_unpacked", "retraining"]
+           "is_unpacked", "retraining", "budget_of", "shipped_runs_table"]
 
 SHIPPED_FORMAT = 1
 #: Written last into a run folder unpacked from ``weights/``: the sidecar it came from.
@@ -352,3 +353,41 @@ def unpack_run(run: str | os.PathLike, scale: str, dataset: str,
         tmp.write_text(json.dumps({k: v for k, v in sidecar.items() if k != "checkpoints"},
                                   indent=1))
     return True
+
+
+def budget_of(config: dict) -> str:
+    """A run's training budget in words, from its ``config`` (``config.json``): our model's
+    stages, a baseline's optimiser steps or epochs."""
+    if config.get("model") in (None, "ours"):
+        if config.get("stage_epochs"):
+            count = config["stage_epochs"]
+            return f"{count} epoch{'s' if count != 1 else ''} per stage"
+        if config.get("stage_steps"):
+            ce = config.get("ce_stage_steps") or config["stage_steps"]
+            return f"{config['stage_steps']} steps per transformation stage, {ce} of cross-entropy"
+        return f"stages of patience {config.get('patience')} epochs, {config.get('epochs')} at most"
+    if config.get("steps"):
+        return f"{config['steps']} steps"
+    return f"{config.get('epochs')} epochs, patience {config.get('patience')}"
+
+
+def shipped_runs_table(scale: str, root: Path | None = None) -> pd.DataFrame:
+    """One row per run shipped at ``scale`` (``weights/SCALE/*/*.json``): dataset, method,
+    seed, data split, the training budget (:func:`budget_of`), the epochs and minutes it
+    trained, the device, what was kept and its size."""
+    rows = []
+    for sidecar_file in sorted(((weights_dir() if root is None else Path(root)) / scale)
+                               .glob("*/*.json")):
+        sidecar = json.loads(sidecar_file.read_text())
+        config = sidecar["config"]
+        rows.append({"dataset": sidecar["dataset"], "method": sidecar["method"],
+                     "seed": sidecar["seed"], "split": config.get("split", "random"),
+                     "budget": budget_of(config), "epochs": len(sidecar.get("metrics") or []),
+                     "train minutes": sidecar.get("minutes"),
+                     # runs shipped before "1 thread" was spelt so
+                     "trained on": (sidecar.get("trained_on") or "").replace("1 threads", "1 thread"),
+                     "kept": sidecar["keep"],
+                     "MB": round(sidecar.get("bytes", 0) / 1e6, 2)})
+    columns = ["dataset", "method", "seed", "split", "budget", "epochs", "train minutes",
+               "trained on", "kept", "MB"]
+    return pd.DataFrame(rows, columns=columns)

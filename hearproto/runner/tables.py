@@ -262,13 +262,17 @@ def _floor(runs: pd.DataFrame, method: str, kind: str, root: str | None) -> dict
 
 
 def _floor_scores(run_row: pd.Series, kind: str, root: str | None) -> dict:
-    """OA and AA of the ``kind`` floor on the data of the run behind ``run_row`` ({} when the
-    checkpoint is not on disk: a run shipped as table rows alone)."""
+    """OA and AA of the ``kind`` floor on the data of the run behind ``run_row`` (a run
+    shipped as table rows alone: the data its stored scores name; {} if there are none)."""
     path = Path(run_row["checkpoint"])
-    payload = read_checkpoint(path) if path.is_file() else None
-    if payload is None:
-        return {}
-    data = checkpoint_dataset(path, payload, TrainConfig.from_dict(payload["config"]), root)
+    if path.is_file():
+        payload = read_checkpoint(path)
+    else:
+        stored = shipped_scores(path, "test")
+        if stored is None:
+            return {}
+        payload = {**stored["contents"], "data": stored["data"]}
+    data = checkpoint_dataset(path, payload, RunConfig.from_dict(payload["config"]), root)
     train, test = (data.split(split, crop_frames=None) for split in ("train", "test"))
     scores = (linear_probe(train, test) if kind == "probe"
               else kmeans_clustering(train, test, seed=int(payload["config"]["seed"])))
