@@ -112,6 +112,22 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count  # train_runs refuses an I outside 1..N
 
 
+def _experiments_status(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from hearproto.runner.runs import METHODS, runs_status
+
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    table = runs_status(args.scale, args.datasets.split(","), methods, _seeds(args),
+                        heldout=not args.no_heldout)
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(table.drop(columns="folder").to_string(index=False))
+    counts = table["state"].value_counts()
+    print(f"{len(table)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+          + f"; {table['minutes'].sum():.0f} minutes of training so far")
+    return 0
+
+
 def _experiments_ship(args: argparse.Namespace) -> int:
     from hearproto.runner.runs import METHODS, planned_runs, run_config
     from hearproto.runner.shipped import default_keep, is_finished, ship_run, weights_dir
@@ -657,18 +673,30 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--no-heldout", action="store_true",
                          help="leave out the held-out splits (the unseen-bank runs)")
     trainer.set_defaults(handler=_experiments_train)
-    ship = experiment_commands.add_parser(
-        "ship", help="write finished runs into weights/ (safetensors + JSON), for the book")
-    ship.add_argument("--scale", choices=SCALES, default="full")
-    ship.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), metavar="A,B")
-    ship.add_argument("--methods", metavar="M,N", help="default: all")
-    ship.add_argument("--seeds", help="comma-separated (default: as for train)")
+    status = _run_selection(experiment_commands.add_parser(
+        "status", help="the state of every run `experiments train` would train (reads only)"))
+    status.add_argument("--no-heldout", action="store_true",
+                        help="leave out the held-out splits (the unseen-bank runs)")
+    status.set_defaults(handler=_experiments_status)
+    ship = _run_selection(experiment_commands.add_parser(
+        "ship", help="write finished runs into weights/ (safetensors + JSON), for the book"))
     ship.add_argument("--keep", choices=KEEP,
                       help="every checkpoint, the one the tables evaluate, or its test scores "
                            "alone (default: all for our seed-0 runs, scores for APNet, "
                            "evaluated otherwise)")
     ship.add_argument("--force", action="store_true", help="replace runs already shipped")
     ship.set_defaults(handler=_experiments_ship)
+    return parser
+
+
+def _run_selection(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the options that select runs: scale, datasets, methods, seeds."""
+    from hearproto.runner.catalogue import DEFAULT_DATASETS, SCALES
+
+    parser.add_argument("--scale", choices=SCALES, default="full")
+    parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), metavar="A,B")
+    parser.add_argument("--methods", metavar="M,N", help="default: all")
+    parser.add_argument("--seeds", help="comma-separated (default: as for train)")
     return parser
 
 

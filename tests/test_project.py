@@ -109,6 +109,15 @@ def test_cli_roundtrip(tmp_path, capsys):
     assert cli.main(["roundtrip", str(source), str(target), "--force", "--iterations", "4"]) == 0
 
 
+def test_cli_status_lists_the_planned_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEARPROTO_RUNS", str(tmp_path / "runs"))
+    assert cli.main(["experiments", "status", "--scale", "ci", "--datasets", "instruments",
+                     "--methods", "direct,apnet", "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "instruments apnet seed 1" in out and out.strip().endswith(
+        "4 runs: 4 not started; 0 minutes of training so far")
+
+
 def test_cli_reports_bad_audio_clearly(tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
@@ -167,6 +176,23 @@ def test_runner_executes_then_reuses(tmp_path):
     assert changed.executed
     assert nbformat.read(output, as_version=4).cells[-1].outputs[0]["text"] == "10\n"
     assert sorted(p.name for p in output.parent.iterdir()) == ["tiny.ipynb"]
+    # the page names no machine path: papermill's record is relative to the page's folder
+    text = output.read_text()
+    assert str(tmp_path) not in text and "/tmp" not in text
+    recorded = nbformat.read(output, as_version=4).metadata["papermill"]
+    assert (recorded["input_path"], recorded["output_path"]) == ("../tiny.ipynb", "tiny.ipynb")
+
+
+def test_the_book_names_no_machine_path():
+    """The executed pages in book/, their metadata included, hold no absolute path of the
+    machine that executed them."""
+    pattern = re.compile(r"""(?:^|[\s"'=(])(/(?:root|home|tmp|work|Users)/[^\s"']+)""", re.M)
+    found = {}
+    for page in sorted((ROOT / "book").glob("*.ipynb")):
+        match = pattern.search(page.read_text())
+        if match:
+            found[page.name] = match.group(1)
+    assert not found, found
 
 
 def test_runner_rejects_unknown_names():

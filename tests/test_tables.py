@@ -278,6 +278,22 @@ def test_train_runs_skips_a_run_another_process_holds(tones):
     assert not (held / "last.pt").exists()
 
 
+def test_runs_status_tells_done_training_and_not_started(tones):
+    from hearproto.training.runloop import exclusive
+
+    methods = ["direct", "ours-supervised", "autoencoder"]
+    runs_module.train_runs("ci", ["folder"], ["direct"], [0], device="cpu", root=str(tones),
+                           progress=False, report=lambda line: None)
+    held = Path(run_config("ours-supervised", "folder", "ci", 0, root=str(tones)).out)
+    status = runs_module.runs_status("ci", ["folder"], methods, [0], root=str(tones))
+    assert list(status["state"]) == ["done", "not started", "not started"]
+    assert status.loc[0, "epochs"] == 1 and status.loc[0, "minutes"] >= 0
+    with exclusive(held):
+        status = runs_module.runs_status("ci", ["folder"], methods, [0], root=str(tones))
+    assert list(status["state"]) == ["done", "training now", "not started"]
+    assert list(status["run"]) == [f"folder {m} seed 0" for m in methods]
+
+
 def test_train_runs_refuses_a_shard_out_of_range(tones):
     with pytest.raises(ValueError, match="shard 3/2"):
         runs_module.train_runs("ci", ["folder"], shard=(3, 2), root=str(tones))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -127,9 +128,13 @@ def run_notebook(
                 cell.metadata["tags"] = [*tags, "remove-cell"]
             if checked_outputs_only and cell.cell_type == "code" and CHECKED_TAG not in tags:
                 cell.outputs = []
+        # no machine paths in a page: what papermill recorded, relative to the page's folder
+        recorded = notebook.metadata.get("papermill", {})
+        recorded["input_path"] = _relative(template, output.parent)
+        recorded["output_path"] = output.name
         notebook.metadata[METADATA_KEY] = {
             "fingerprint": key,
-            "template": template.as_posix(),
+            "template": _relative(template, output.parent),
             "parameters": parameters,
             "git_commit": git_commit(template.parent),
             "wall_seconds": round(seconds, 2),
@@ -212,7 +217,8 @@ def run_experiments(
         folder = None
         if results_dir is not None:
             folder = Path(results_dir).resolve() / scale / dataset
-            parameters["results_dir"] = str(folder)
+            # relative to the folder the notebooks run in: a page names no machine path
+            parameters["results_dir"] = _relative(folder, Path(output_dir))
         done = []
         for name in (n for n in EXPERIMENTS if n in names and n in PER_DATASET):
             done.append(run_notebook(
@@ -226,12 +232,17 @@ def run_experiments(
         parameters, root = dict(general), None
         if results_dir is not None:
             root = Path(results_dir).resolve()
-            parameters["results_dir"] = str(root)
+            parameters["results_dir"] = _relative(root, Path(output_dir))
         runs.append(run_notebook(
             Path(experiments_dir) / f"{name}.ipynb", Path(output_dir) / f"{name}.ipynb",
             parameters, force=force, checked_outputs_only=checked_outputs_only,
             progress=progress, inputs=_summary_inputs(root, scale, Path(output_dir))))
     return runs
+
+
+def _relative(path: Path, start: Path) -> str:
+    """``path`` relative to the folder ``start`` (POSIX separators)."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 
 def _summary_inputs(results_root: Path | None, scale: str, output_dir: Path) -> str:

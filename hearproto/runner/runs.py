@@ -23,6 +23,7 @@ resumes it in the same folder.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -31,15 +32,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
 from hearproto.errors import RunLocked
 from hearproto.files import data_home
-from hearproto.runner.shipped import is_unpacked, retraining, unpack_run
+from hearproto.runner.shipped import is_finished, is_unpacked, retraining, unpack_run
 from hearproto.training import RESUMABLE, TrainConfig, train
 
 __all__ = ["METHODS", "HELDOUT_SPLITS", "SCALE_SETTINGS", "RunSpec", "default_runs_dir",
            "planned_runs", "run_config", "settings_digest", "ensure_run", "stage_checkpoint",
-           "train_runs"]
+           "train_runs", "runs_status"]
 
 #: Every trainable method: our model in both modes and the three baselines.
 METHODS = ("ours-supervised", "ours-unsupervised", "direct", "autoencoder", "apnet")
@@ -247,3 +250,46 @@ def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: f
         report(f"{name}: {summary['stop_reason']}, {summary['epochs']} epochs, "
                f"{summary['minutes']} min -> {summary['out']}")
     return summaries
+
+
+def _held_by_another(run: Path) -> bool:
+    """Whether another process holds run folder ``run``'s lock (it is training it now)."""
+    lock = run / ".lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def runs_status(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool = True,
+                runs_dir: str | os.PathLike | None = None, root: str | None = None
+                ) -> pd.DataFrame:
+    """One row per planned run (:func:`planned_runs`): ``state`` (done, training now,
+    stopped, not started, or unpacked from ``weights/``), its epochs and training minutes so
+    far, why it stopped, and its folder. Reads the runs; trains and locks nothing."""
+    from hearproto.training import read_checkpoint
+
+    rows = []
+    for spec in planned_runs(scale, datasets, methods, seeds, heldout):
+        out = Path(run_config(spec.method, spec.dataset, scale, spec.seed, root=root,
+                              runs_dir=runs_dir, split=spec.split).out)
+        row = {"run": str(spec), "state": "not started", "epochs": 0, "minutes": 0.0,
+               "stop reason": "", "folder": str(out)}
+        if is_unpacked(out):
+            row["state"] = "unpacked from weights/"
+        elif (out / "last.pt").is_file():
+            state = read_checkpoint(out / "last.pt")["state"]
+            row.update(epochs=state["epoch"], minutes=round(state["elapsed_seconds"] / 60, 1),
+                       **{"stop reason": state.get("stop_reason") or ""})
+            row["state"] = ("training now" if _held_by_another(out) else
+                            "done" if is_finished(out) else "stopped")
+        elif _held_by_another(out):
+            row["state"] = "training now"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["run", "state", "epochs", "minutes", "stop reason",
+                                       "folder"])

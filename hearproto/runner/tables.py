@@ -350,8 +350,8 @@ def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
     per_method = runs.groupby("method", sort=False)["seed"].nunique()
     most = int(per_method.max())
     if most == 1:
-        spread = (f"1 seed, no interval (seed {seeds[0]}): the paper's protocol has three, "
-                  f"which `hearproto experiments train --scale {scale} --seeds 0,1,2` trains")
+        spread = (f"1 seed, no interval (seed {seeds[0]}): an interval needs more, which "
+                  f"`hearproto experiments train --scale {scale} --seeds 0,1,2` trains")
     else:
         spread = (f"the mean over seeds {', '.join(map(str, seeds))} ± the half-width of its "
                   "95 % confidence interval (Student t)")
