@@ -235,7 +235,9 @@ def test_train_runs_resumes_a_run_its_budget_cut(tones):
 def test_planned_runs_put_the_first_seed_first_and_shards_share_them_out():
     runs = runs_module.planned_runs("full", ["instruments", "speakers"], seeds=(0, 1, 2))
     methods = len(runs_module.METHODS)
-    assert len(runs) == 3 * 2 * methods + 3 * methods  # 3 held-out lineages, seed 0
+    seeded = len(runs_module.SEEDED_METHODS)
+    assert len(runs) == 2 * methods + 2 * 2 * seeded + 3 * methods  # 3 held-out lineages, seed 0
+    assert {r.method for r in runs if r.seed > 0} == set(runs_module.SEEDED_METHODS)
     assert {r.seed for r in runs[:2 * methods]} == {0} and runs[0].split == "random"
     heldout = [r for r in runs if r.split != "random"]
     assert {r.split for r in heldout} == set(runs_module.HELDOUT_SPLITS["instruments"])
@@ -276,6 +278,18 @@ def test_train_runs_skips_a_run_another_process_holds(tones):
     assert summaries[0]["stop_reason"] == "in use by another process"
     assert lines[0] == "folder ours-supervised seed 0: another process is training it, skipped"
     assert not (held / "last.pt").exists()
+
+
+def test_other_seeds_train_only_the_seeded_methods(tones):
+    """The autoencoder and APNet run for the first seed only: a table over two seeds reads
+    one run of APNet and two of Direct Classification and ours."""
+    table, rows = table3("folder", "ci", seeds=(0, 1), root=str(tones), device="cpu",
+                         progress=False)
+    assert sorted(rows.loc[rows["seed"] == 1, "method"]) == ["Direct Classification",
+                                                             "Ours supervised"]
+    assert table.set_index("method")["seeds"].to_dict() == {
+        "Direct Classification": 2, "APNet": 1, "Ours supervised": 2, FLOORS["probe"]: 1}
+    assert "APNet: 1 seed, no interval" in headline_note("folder", "ci", rows, [0, 1])
 
 
 def test_runs_status_tells_done_training_and_not_started(tones):

@@ -34,7 +34,7 @@ from hearproto.runner.claims import seed_half_width
 from hearproto.runner.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, paper_table2, paper_table3
 from hearproto.provenance import describe_device, git_commit
 from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
-from hearproto.runner.runs import HELDOUT_SPLITS, ensure_run, run_config, stage_checkpoint
+from hearproto.runner.runs import HELDOUT_SPLITS, SEEDED_METHODS, ensure_run, run_config, stage_checkpoint
 from hearproto.runner.shipped import retraining, shipped_scores, unpack_run
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
@@ -237,6 +237,8 @@ def _clustering_or_classification(methods: dict[str, str], clustering: bool, dat
     entries = []
     for seed, split in runs:
         for method, label in methods.items():
+            if seed != seeds[0] and method not in SEEDED_METHODS:
+                continue  # trained for the first seed only
             run = ensure_run(run_config(method, dataset, scale, seed, root, device, runs_dir,
                                         n_speakers, split=split), progress)
             checkpoint = run / ("last.pt" if method.startswith("ours-") else "best.pt")
