@@ -23,7 +23,6 @@ resumes it in the same folder.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -257,20 +256,6 @@ def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: f
     return summaries
 
 
-def _held_by_another(run: Path) -> bool:
-    """Whether another process holds run folder ``run``'s lock (it is training it now)."""
-    lock = run / ".lock"
-    if not lock.is_file():
-        return False
-    with open(lock, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
 def runs_status(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool = True,
                 runs_dir: str | os.PathLike | None = None, root: str | None = None
                 ) -> pd.DataFrame:
@@ -278,6 +263,7 @@ def runs_status(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool
     stopped, not started, or unpacked from ``weights/``), its epochs and training minutes so
     far, why it stopped, and its folder. Reads the runs; trains and locks nothing."""
     from hearproto.training import read_checkpoint
+    from hearproto.training.runloop import locked_elsewhere
 
     rows = []
     for spec in planned_runs(scale, datasets, methods, seeds, heldout):
@@ -291,9 +277,9 @@ def runs_status(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool
             state = read_checkpoint(out / "last.pt")["state"]
             row.update(epochs=state["epoch"], minutes=round(state["elapsed_seconds"] / 60, 1),
                        **{"stop reason": state.get("stop_reason") or ""})
-            row["state"] = ("training now" if _held_by_another(out) else
+            row["state"] = ("training now" if locked_elsewhere(out) else
                             "done" if is_finished(out) else "stopped")
-        elif _held_by_another(out):
+        elif locked_elsewhere(out):
             row["state"] = "training now"
         rows.append(row)
     return pd.DataFrame(rows, columns=["run", "state", "epochs", "minutes", "stop reason",

@@ -281,7 +281,7 @@ def shipped_scores(checkpoint: str | os.PathLike, split: str, clustering: bool =
                    ) -> dict | None:
     """The scores stored at shipping time of a checkpoint unpacked from ``weights/``:
     ``scores`` (as the evaluate functions return them), ``contents`` (the checkpoint's
-    provenance), ``data`` (the run's data identity), ``evaluated_on`` and ``commit``. None where there are none to read: a run
+    provenance, with the run's data identity), ``evaluated_on`` and ``commit``. None where there are none to read: a run
     not unpacked, or a checkpoint shipped with its weights but without these scores (it is
     evaluated). A checkpoint shipped as table rows alone without them is an error."""
     checkpoint = Path(checkpoint)
@@ -294,7 +294,7 @@ def shipped_scores(checkpoint: str | os.PathLike, split: str, clustering: bool =
     sidecar = json.loads(marker.read_text())
     for entry in sidecar.get("scores") or []:
         if (entry["checkpoint"], entry["split"], entry["clustering"]) == (name, split, clustering):
-            return {**entry, "data": sidecar.get("data")}
+            return {**entry, "contents": {**entry["contents"], "data": sidecar.get("data")}}
     if checkpoint.is_file():
         return None
     kind = "clustering " if clustering else ""

@@ -37,6 +37,7 @@ from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
 from hearproto.runner.runs import HELDOUT_SPLITS, SEEDED_METHODS, ensure_run, run_config, stage_checkpoint
 from hearproto.runner.shipped import retraining, shipped_scores, unpack_run
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
+from hearproto.data.splits import heldout_source
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
                                 read_checkpoint, resolve_device, stages_for)
 from hearproto.training.config import RunConfig
@@ -96,7 +97,7 @@ def evaluate_rows(checkpoints: list[tuple[Path, dict]], split: str, device: str 
         stored = shipped_scores(path, split, extra.get("clustering", False))
         if stored is not None:  # scores stored when the run was shipped
             # only for the data they were made on: other data raise, as an evaluation would
-            contents = {**stored["contents"], "data": stored["data"]}
+            contents = stored["contents"]
             checkpoint_dataset(path, contents, RunConfig.from_dict(contents["config"]), root)
             row = result_row(stored["scores"], stored["contents"], path,
                              stored["evaluated_on"], stored["commit"])
@@ -256,7 +257,7 @@ def _floor(runs: pd.DataFrame, method: str, kind: str, root: str | None) -> dict
     row = {"method": FLOORS[kind], "seeds": 1, **_floor_scores(first, kind, root),
            "clips": int(first["clips"])}
     held = runs[(data_splits(runs) != "random") & (runs["method"] == method)]
-    unseen = {f"unseen {_source(split)} OA": _floor_scores(rows.iloc[0], kind, root).get("OA")
+    unseen = {f"unseen {heldout_source(split)} OA": _floor_scores(rows.iloc[0], kind, root).get("OA")
               for split, rows in held.groupby(data_splits(held), sort=False)}
     if unseen:
         row.update({UNSEEN: _mean(unseen.values()), **unseen})
@@ -273,16 +274,12 @@ def _floor_scores(run_row: pd.Series, kind: str, root: str | None) -> dict:
         stored = shipped_scores(path, "test")
         if stored is None:
             return {}
-        payload = {**stored["contents"], "data": stored["data"]}
+        payload = stored["contents"]
     data = checkpoint_dataset(path, payload, RunConfig.from_dict(payload["config"]), root)
     train, test = (data.split(split, crop_frames=None) for split in ("train", "test"))
     scores = (linear_probe(train, test) if kind == "probe"
               else kmeans_clustering(train, test, seed=int(payload["config"]["seed"])))
     return {"OA": scores["OA"], "AA": scores["AA"]}
-
-
-def _source(split: str) -> str:
-    return split.removeprefix("heldout-")
 
 
 def _mean(values) -> float | None:
@@ -304,7 +301,7 @@ def with_unseen(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     columns = []
     for split, rows in held.groupby(data_splits(held), sort=False):
-        column = f"unseen {_source(split)} OA"
+        column = f"unseen {heldout_source(split)} OA"
         table[column] = table["method"].map(rows.groupby("method")["OA"].mean())
         columns.append(column)
     table.insert(table.columns.get_loc("clips"), UNSEEN,
@@ -347,6 +344,7 @@ def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
     seed and so no interval, the device the runs trained on; what the unseen-bank column is,
     where ``runs`` has held-out rows."""
     seeds = list(seeds)
+    devices = ", ".join(sorted(runs["trained_on"].dropna().unique()))
     held = runs[data_splits(runs) != "random"]
     runs = _random_split(runs)
     per_method = runs.groupby("method", sort=False)["seed"].nunique()
@@ -362,11 +360,10 @@ def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
         spread += "".join(f"; {text}" for text in fewer)
     unseen = ""
     if len(held):
-        sources = [_source(split) for split in data_splits(held).unique()]
+        sources = [heldout_source(split) for split in data_splits(held).unique()]
         unseen = (f" `{UNSEEN}`: seed {int(held['seed'].iloc[0])} trained without one lineage of "
                   f"sample banks and tested on all of its clips, the mean over "
                   f"{', '.join(sources)}.")
-    devices = ", ".join(sorted(pd.concat([runs, held])["trained_on"].dropna().unique()))
     return (f"**{dataset}**, `{scale}` scale, test split ({int(runs['clips'].iloc[0])} clips); "
             f"{spread}. Trained on {devices}.{unseen}")
 

@@ -62,6 +62,20 @@ def exclusive(folder: Path) -> Iterator[None]:
         handle.close()
 
 
+def locked_elsewhere(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s lock (:func:`exclusive`) right now."""
+    lock = Path(folder) / ".lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 class RunLoop:
     """Subclasses set :attr:`columns` and :attr:`final_reasons`, hold ``self.state`` (a
     dataclass with at least ``epoch``, ``elapsed_seconds``, ``done`` and ``stop_reason``) and
