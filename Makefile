@@ -104,7 +104,7 @@ reproduce: install assets
 	@mkdir -p logs
 	@echo "training in $(WORKERS) processes; logs in logs/reproduce-*.log"
 	@pids=""; for i in $$(seq 1 $(WORKERS)); do \
-		$(BIN)/hearproto experiments train --scale full --seeds 0,1,2 --threads 1 \
+		HEARPROTO_RETRAIN=1 $(BIN)/hearproto experiments train --scale full --seeds 0,1,2 --threads 1 \
 			> logs/reproduce-$$i.log 2>&1 & pids="$$pids $$!"; sleep 10; \
 	done; status=0; for p in $$pids; do wait $$p || status=1; done; \
 	if [ $$status != 0 ]; then echo "a training process failed: see logs/reproduce-*.log"; fi; \

@@ -130,13 +130,17 @@ def _experiments_status(args: argparse.Namespace) -> int:
 
 def _experiments_ship(args: argparse.Namespace) -> int:
     from hearproto.runner.runs import METHODS, planned_runs, run_config
-    from hearproto.runner.shipped import default_keep, is_finished, ship_run, weights_dir
+    from hearproto.runner.shipped import (default_keep, is_finished, is_unpacked, ship_run,
+                                          weights_dir)
 
     methods = args.methods.split(",") if args.methods else list(METHODS)
     shipped = 0
     for spec in planned_runs(args.scale, args.datasets.split(","), methods, _seeds(args)):
         run = Path(run_config(spec.method, spec.dataset, args.scale, spec.seed,
                               split=spec.split).out)
+        if is_unpacked(run):
+            print(f"{spec}: unpacked from weights/, skipped (it is shipped already)", flush=True)
+            continue
         if not is_finished(run):
             state = "not trained" if not (run / "last.pt").is_file() else "not finished"
             print(f"{spec}: {state}, skipped (hearproto experiments train --scale "

@@ -5,6 +5,7 @@ instead of training unless told to retrain."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,51 @@ def test_the_runs_cache_unpacks_shipped_runs_unless_retraining(run, tones, tmp_p
     monkeypatch.setenv("HEARPROTO_RETRAIN", "1")
     runs.ensure_run(config, progress=False)
     assert len(calls) == 1 and not Path(config.out).exists()  # the unpacked copy made way
+
+
+def test_a_run_shipped_from_other_data_is_trained_again(run, tones, tmp_path, monkeypatch):
+    """A shipped run keeps its folder name when a built-in dataset is rebuilt (the data are not
+    in the name): the runs cache and train_runs use it only where its split hash is the data's
+    here, and train the run afresh otherwise."""
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("HEARPROTO_WEIGHTS", str(weights))
+    ship_run(run, "ci", "folder", half=True)
+    config = ours(tones, tmp_path / "cache" / "ci" / "folder" / run.name)
+    assert runs.shipped_current(config)
+    _, sidecar_file = shipped_files(run, "ci", "folder")
+    other = ours(tones, config.out)
+    other.lr = 1e-2  # another setting than the shipped run's: another run
+    assert not runs.shipped_current(other)
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar["data"]["split_hash"] = "another"
+    sidecar_file.write_text(json.dumps(sidecar))
+    assert not runs.shipped_current(config)
+    calls = []
+    monkeypatch.setattr(runs, "train", lambda *a, **k: calls.append(a))
+    runs.ensure_run(config, progress=False)
+    assert len(calls) == 1 and not is_unpacked(config.out)
+
+
+def test_train_runs_leaves_alone_the_runs_weights_ships_from_these_data(tones, tmp_path,
+                                                                        monkeypatch):
+    """Runs shipped on one machine are not repeated on the next: train_runs skips a run that
+    weights/ ships from the same settings and data, and trains it with HEARPROTO_RETRAIN=1."""
+    monkeypatch.setenv("HEARPROTO_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("HEARPROTO_RUNS", str(tmp_path / "runs"))
+    train = dict(device="cpu", root=str(tones), progress=False, report=lambda line: None)
+    first = runs.train_runs("ci", ["folder"], ["direct"], [0], **train)
+    ship_run(first[0]["out"], "ci", "folder", keep="evaluated")
+    shutil.rmtree(first[0]["out"])
+    lines = []
+    again = runs.train_runs("ci", ["folder"], ["direct"], [0], **{**train, "report": lines.append})
+    assert again[0]["done"] and again[0]["stop_reason"] == "shipped in weights/"
+    assert "weights/ ships it" in lines[0] and not Path(first[0]["out"]).exists()
+    status = runs.runs_status("ci", ["folder"], ["direct"], [0], root=str(tones))
+    assert list(status["state"]) == ["shipped in weights/"]
+    monkeypatch.setenv("HEARPROTO_RETRAIN", "1")
+    retrained = runs.train_runs("ci", ["folder"], ["direct"], [0], **train)
+    assert retrained[0]["stop_reason"] != "shipped in weights/"
+    assert (Path(first[0]["out"]) / "last.pt").is_file()
 
 
 @pytest.fixture

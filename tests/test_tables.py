@@ -240,6 +240,7 @@ def test_planned_runs_put_the_first_seed_first_and_shards_share_them_out():
     assert {r.method for r in runs if r.seed > 0} == set(runs_module.SEEDED_METHODS)
     assert {r.seed for r in runs[:2 * methods]} == {0} and runs[0].split == "random"
     heldout = [r for r in runs if r.split != "random"]
+    assert runs[-len(heldout):] == heldout  # the other seeds before the held-out column
     assert {r.split for r in heldout} == set(runs_module.HELDOUT_SPLITS["instruments"])
     assert {(r.dataset, r.seed) for r in heldout} == {("instruments", 0)}
     assert str(heldout[0]) == f"instruments {heldout[0].method} seed 0 {heldout[0].split}"

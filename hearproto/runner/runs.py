@@ -23,6 +23,7 @@ resumes it in the same folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,11 +37,13 @@ import pandas as pd
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
 from hearproto.errors import RunLocked
 from hearproto.files import data_home
-from hearproto.runner.shipped import is_finished, is_unpacked, retraining, unpack_run
+from hearproto.runner.shipped import (is_finished, is_unpacked, retraining, shipped_files,
+                                      unpack_run)
 from hearproto.training import RESUMABLE, TrainConfig, train
 
 __all__ = ["METHODS", "SEEDED_METHODS", "HELDOUT_SPLITS", "SCALE_SETTINGS", "RunSpec", "default_runs_dir",
-           "planned_runs", "run_config", "settings_digest", "ensure_run", "stage_checkpoint",
+           "planned_runs", "run_config", "settings_digest", "ensure_run", "shipped_current",
+           "stage_checkpoint",
            "train_runs", "runs_status"]
 
 #: Every trainable method: our model in both modes and the three baselines.
@@ -118,15 +121,16 @@ class RunSpec:
 def planned_runs(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool = True
                  ) -> list[RunSpec]:
     """The runs behind the book at ``scale``, in the order they are trained: every method on
-    every dataset for the first seed, then the held-out splits (:data:`HELDOUT_SPLITS`,
-    first seed only, not at ``ci`` scale), then the other seeds."""
-    first, *others = seeds  # the other seeds: SEEDED_METHODS only
+    every dataset for the first seed, then the other seeds (:data:`SEEDED_METHODS` only: the
+    intervals of Tables 2 and 3), then the held-out splits (:data:`HELDOUT_SPLITS`, first
+    seed only, not at ``ci`` scale: one column)."""
+    first, *others = seeds
     runs = [RunSpec(m, d, first) for m in methods for d in datasets]
+    runs += [RunSpec(m, d, s) for s in others for m in methods for d in datasets
+             if m in SEEDED_METHODS]
     if heldout and scale != "ci":
         runs += [RunSpec(m, d, first, split) for d in datasets
                  for split in HELDOUT_SPLITS.get(d, ()) for m in methods]
-    runs += [RunSpec(m, d, s) for s in others for m in methods for d in datasets
-             if m in SEEDED_METHODS]
     return runs
 
 
@@ -171,18 +175,53 @@ def settings_digest(config: TrainConfig | BaselineConfig) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def _run_settings(config: dict) -> dict:
+    """The settings of a run's ``config`` (as a dict) that make it: all but the resumable ones,
+    with :data:`LATER_SETTINGS` at their earlier value where a config predates them."""
+    return {**LATER_SETTINGS, **{k: v for k, v in config.items() if k not in RESUMABLE}}
+
+
+@functools.lru_cache(maxsize=32)
+def _split_hash(dataset: str, root: str | None, limit_per_class: int | None,
+                n_speakers: int | None, preset: str | None, split: str) -> str:
+    from hearproto.data import prepare_dataset
+
+    data = prepare_dataset(dataset, root=root, limit_per_class=limit_per_class,
+                           n_speakers=n_speakers, frontend=preset, progress=False, split=split)
+    return data.info()["split_hash"]
+
+
+def shipped_current(config: TrainConfig | BaselineConfig) -> bool:
+    """Whether ``weights/`` ships the run of ``config`` as these settings train it on the data
+    here: the same settings (but budgets, device and threads) and the same files and split
+    (by the split hash). Such a run need not be trained again; a run shipped from other data
+    (an earlier version of a built-in dataset keeps its folder name) must be."""
+    out = Path(config.out)
+    _, sidecar_file = shipped_files(out, out.parent.parent.name, config.dataset)
+    if not sidecar_file.is_file():
+        return False
+    sidecar = json.loads(sidecar_file.read_text())
+    if _run_settings(sidecar["config"]) != _run_settings(asdict(config)):
+        return False
+    saved = (sidecar.get("data") or {}).get("split_hash")
+    return saved == _split_hash(config.dataset, config.root, config.limit_per_class,
+                                config.n_speakers, config.preset, config.split)
+
+
 def ensure_run(config: TrainConfig | BaselineConfig, progress: bool = True) -> Path:
     """Train ``config`` unless its run directory already holds the finished run (an
-    unfinished one resumes) or ``weights/`` ships it (:mod:`hearproto.runner.shipped`: it is
-    unpacked there, unless ``HEARPROTO_RETRAIN=1``); returns the run directory."""
+    unfinished one resumes) or ``weights/`` ships it from these settings and data
+    (:func:`shipped_current`; it is unpacked there, unless ``HEARPROTO_RETRAIN=1``); returns
+    the run directory."""
     out = Path(config.out)
     scale = out.parent.parent.name  # runs_dir/SCALE/DATASET/RUN (run_config)
-    if retraining():
-        if is_unpacked(out):
-            shutil.rmtree(out)
-    elif is_unpacked(out) or (not (out / "last.pt").is_file()
-                              and unpack_run(out, scale, config.dataset)):
+    trained_here = (out / "last.pt").is_file() and not is_unpacked(out)
+    if not trained_here and not retraining() and shipped_current(config):
+        if not is_unpacked(out):
+            unpack_run(out, scale, config.dataset)
         return out
+    if is_unpacked(out):  # shipped from other data, or retraining
+        shutil.rmtree(out)
     if isinstance(config, BaselineConfig):
         train_baseline(config, progress=progress)
     else:
@@ -218,7 +257,9 @@ def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: f
     I-th of N disjoint shares of the runs (every N-th run from the I-th), so that N processes
     or machines can share them. Processes that train the same runs at once share them too: a
     run that another process holds (its folder is locked while it trains) is skipped, so each
-    process takes the next free run. ``report`` gets one line per run; returns one summary per run
+    process takes the next free run. A run that ``weights/`` ships from these settings and
+    data (:func:`shipped_current`) is not trained again unless ``HEARPROTO_RETRAIN=1``, so
+    that runs shipped on one machine are not repeated on the next. ``report`` gets one line per run; returns one summary per run
     (``done`` False for those not finished). ``root``: the data folder of a single dataset
     that is not built in."""
     index, count = shard
@@ -237,7 +278,14 @@ def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: f
                               "stop_reason": "not started (budget spent)"})
             report(f"{name}: not started, the budget is spent")
             continue
-        if is_unpacked(config.out):  # train afresh what weights/ ships
+        trained_here = (Path(config.out) / "last.pt").is_file() and not is_unpacked(config.out)
+        if not trained_here and not retraining() and shipped_current(config):
+            summaries.append({"run": name, "out": config.out, "done": True,
+                              "stop_reason": "shipped in weights/"})
+            report(f"{name}: weights/ ships it, trained on these data; not trained again "
+                   "(HEARPROTO_RETRAIN=1 trains it afresh)")
+            continue
+        if is_unpacked(config.out):  # shipped from other data, or retraining: train afresh
             shutil.rmtree(config.out)
         if left is not None:
             config.max_minutes = _elapsed_minutes(Path(config.out)) + left
@@ -260,20 +308,25 @@ def runs_status(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool
                 runs_dir: str | os.PathLike | None = None, root: str | None = None
                 ) -> pd.DataFrame:
     """One row per planned run (:func:`planned_runs`): ``state`` (done, training now,
-    stopped, not started, or unpacked from ``weights/``), its epochs and training minutes so
+    stopped, not started, shipped in ``weights/`` from these data (:func:`shipped_current`),
+    or unpacked from a shipped run of other data), its epochs and training minutes so
     far, why it stopped, and its folder. Reads the runs; trains and locks nothing."""
     from hearproto.training import read_checkpoint
     from hearproto.training.runloop import locked_elsewhere
 
     rows = []
     for spec in planned_runs(scale, datasets, methods, seeds, heldout):
-        out = Path(run_config(spec.method, spec.dataset, scale, spec.seed, root=root,
-                              runs_dir=runs_dir, split=spec.split).out)
+        config = run_config(spec.method, spec.dataset, scale, spec.seed, root=root,
+                            runs_dir=runs_dir, split=spec.split)
+        out = Path(config.out)
         row = {"run": str(spec), "state": "not started", "epochs": 0, "minutes": 0.0,
                "stop reason": "", "folder": str(out)}
-        if is_unpacked(out):
-            row["state"] = "unpacked from weights/"
-        elif (out / "last.pt").is_file():
+        trained_here = (out / "last.pt").is_file() and not is_unpacked(out)
+        if not trained_here and shipped_current(config):
+            row["state"] = "shipped in weights/"
+        elif is_unpacked(out):
+            row["state"] = "unpacked, shipped from other data"
+        elif trained_here:
             state = read_checkpoint(out / "last.pt")["state"]
             row.update(epochs=state["epoch"], minutes=round(state["elapsed_seconds"] / 60, 1),
                        **{"stop reason": state.get("stop_reason") or ""})
