@@ -17,8 +17,8 @@ from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline, train
 from hearproto.data import prepare_dataset
 from hearproto.errors import CheckpointError, DatasetError
 from hearproto.runner import runs
-from hearproto.runner.shipped import (budget_of, default_keep, is_unpacked, ship_run,
-                                      shipped_files, shipped_runs_table, unpack_run)
+from hearproto.runner.shipped import (budget_of, default_keep, ensure_unpacked, is_unpacked,
+                                      ship_run, shipped_files, shipped_runs_table, unpack_run)
 from hearproto.runner import tables
 from hearproto.runner.tables import evaluate_rows
 from hearproto.training import TrainConfig, evaluate_checkpoint, load_checkpoint, train
@@ -135,6 +135,23 @@ def test_a_run_shipped_from_other_data_is_trained_again(run, tones, tmp_path, mo
     monkeypatch.setattr(runs, "train", lambda *a, **k: calls.append(a))
     runs.ensure_run(config, progress=False)
     assert len(calls) == 1 and not is_unpacked(config.out)
+
+
+def test_a_folder_unpacked_from_an_earlier_shipping_is_unpacked_again(run, tmp_path):
+    """ensure_unpacked leaves a folder unpacked from the sidecar weights/ holds now, and
+    unpacks again one whose sidecar was since replaced (a run shipped anew)."""
+    weights = tmp_path / "weights"
+    ship_run(run, "ci", "folder", root=weights, half=True)
+    copy = tmp_path / "cache" / run.name
+    assert ensure_unpacked(copy, "ci", "folder", root=weights)
+    stamp = (copy / "last.pt").stat().st_mtime_ns
+    assert ensure_unpacked(copy, "ci", "folder", root=weights)
+    assert (copy / "last.pt").stat().st_mtime_ns == stamp
+    ship_run(run, "ci", "folder", root=weights, half=False, overwrite=True)
+    assert ensure_unpacked(copy, "ci", "folder", root=weights)
+    assert json.loads((copy / "shipped.json").read_text())["dtype"] == "float32"
+    assert not ensure_unpacked(tmp_path / "cache" / "direct-seed0-00000000", "ci", "folder",
+                               root=weights)
 
 
 def test_train_runs_leaves_alone_the_runs_weights_ships_from_these_data(tones, tmp_path,

@@ -20,7 +20,7 @@ from hearproto.data import prepare_dataset, registry
 from hearproto.runner import runs as runs_module
 from hearproto.runner.experiments import write_provenance
 from hearproto.runner.paper import paper_table1, paper_table3
-from hearproto.runner.runs import run_config
+from hearproto.runner.runs import HELDOUT_SPLITS, run_config
 from hearproto.runner import tables as tables_module
 from hearproto.runner.tables import (FLOORS, TABLE3_METHODS, UNSEEN, data_splits, headline_note,
                                      headline_table, headline_view, table1, table1_note, table2,
@@ -312,3 +312,17 @@ def test_runs_status_tells_done_training_and_not_started(tones):
 def test_train_runs_refuses_a_shard_out_of_range(tones):
     with pytest.raises(ValueError, match="shard 3/2"):
         runs_module.train_runs("ci", ["folder"], shard=(3, 2), root=str(tones))
+
+
+def test_the_note_says_when_the_unseen_bank_column_awaits_its_runs(monkeypatch):
+    """Where a scale does not report the held-out splits of a dataset that has them, the line
+    above the table says the column is missing and why, instead of leaving it out unsaid."""
+    rows = pd.DataFrame({"method": ["Ours supervised"], "seed": [0], "clips": [600],
+                         "trained_on": ["cpu"], "config": [json.dumps({"split": "random"})]})
+    monkeypatch.setitem(tables_module.HEADLINE_UNSEEN, "full", False)
+    assert tables_module.unseen_splits("instruments", "full") == ()
+    assert "unseen-bank column" in headline_note("instruments", "full", rows, [0])
+    assert "unseen-bank column" not in headline_note("speakers", "full", rows, [0])
+    assert "unseen-bank column" not in headline_note("instruments", "ci", rows, [0])
+    monkeypatch.setitem(tables_module.HEADLINE_UNSEEN, "full", True)
+    assert tables_module.unseen_splits("instruments", "full") == HELDOUT_SPLITS["instruments"]

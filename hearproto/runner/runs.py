@@ -37,8 +37,8 @@ import pandas as pd
 from hearproto.baselines.trainer import BaselineConfig, train_baseline
 from hearproto.errors import RunLocked
 from hearproto.files import data_home
-from hearproto.runner.shipped import (is_finished, is_unpacked, retraining, shipped_files,
-                                      unpack_run)
+from hearproto.runner.shipped import (ensure_unpacked, is_finished, is_unpacked, retraining,
+                                      shipped_files)
 from hearproto.training import RESUMABLE, TrainConfig, train
 
 __all__ = ["METHODS", "SEEDED_METHODS", "HELDOUT_SPLITS", "SCALE_SETTINGS", "RunSpec", "default_runs_dir",
@@ -217,8 +217,7 @@ def ensure_run(config: TrainConfig | BaselineConfig, progress: bool = True) -> P
     scale = out.parent.parent.name  # runs_dir/SCALE/DATASET/RUN (run_config)
     trained_here = (out / "last.pt").is_file() and not is_unpacked(out)
     if not trained_here and not retraining() and shipped_current(config):
-        if not is_unpacked(out):
-            unpack_run(out, scale, config.dataset)
+        ensure_unpacked(out, scale, config.dataset)
         return out
     if is_unpacked(out):  # shipped from other data, or retraining
         shutil.rmtree(out)

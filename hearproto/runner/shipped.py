@@ -45,7 +45,7 @@ from hearproto.training.checkpoints import read_checkpoint, save_checkpoint
 
 __all__ = ["SHIPPED_FORMAT", "SHIPPED_MARKER", "KEEP", "weights_dir", "shipped_files",
            "default_keep", "is_finished", "ship_run", "shipped_scores", "unpack_run",
-           "is_unpacked", "retraining", "budget_of", "shipped_runs_table"]
+           "is_unpacked", "ensure_unpacked", "retraining", "budget_of", "shipped_runs_table"]
 
 SHIPPED_FORMAT = 1
 #: Written last into a run folder unpacked from ``weights/``: the sidecar it came from.
@@ -353,6 +353,23 @@ def unpack_run(run: str | os.PathLike, scale: str, dataset: str,
         tmp.write_text(json.dumps({k: v for k, v in sidecar.items() if k != "checkpoints"},
                                   indent=1))
     return True
+
+
+def ensure_unpacked(run: str | os.PathLike, scale: str, dataset: str,
+                    root: Path | None = None) -> bool:
+    """Unpack the shipped run named like ``run`` (:func:`unpack_run`) unless the folder holds
+    it already, unpacked from the sidecar ``weights/`` has now (not from an earlier one);
+    returns whether ``weights/`` ships it."""
+    _, sidecar_file = shipped_files(Path(run), scale, dataset, root)
+    if not sidecar_file.is_file():
+        return False
+    marker = Path(run) / SHIPPED_MARKER
+    if marker.is_file():
+        sidecar = json.loads(sidecar_file.read_text())
+        if json.loads(marker.read_text()) == {k: v for k, v in sidecar.items()
+                                              if k != "checkpoints"}:
+            return True
+    return unpack_run(run, scale, dataset, root)
 
 
 def budget_of(config: dict) -> str:
