@@ -171,3 +171,18 @@ def test_a_page_states_the_findings_its_table_decides(tmp_path):
     line = findings_markdown(table3=pd.concat([table3, floor]))
     assert line.startswith("- Ours beats Direct Classification and APNet, supervised: **holds**")
     assert line.endswith("; Linear probe on mean log-Mels, the floor, 70.0 %).")
+
+
+@pytest.mark.parametrize("direct, label", [(50.0, "not measured"), (70.0, "does not hold")])
+def test_a_method_without_runs_leaves_the_finding_unmeasured_unless_another_fails_it(
+        tmp_path, direct, label):
+    """APNet not trained yet (its row empty, 0 seeds): ours above Direct Classification cannot
+    make the finding hold, ours below it makes it fail all the same."""
+    folder = write_results(tmp_path / "full" / "instruments", [20, 30, 40, 50, 60],
+                           [0.5, 0.4, 0.3, 0.2, 0.25], 60, direct, 55, 30, 20)
+    table = pd.read_csv(folder / "table3.csv")
+    table.loc[table["method"] == "APNet", ["seeds", "OA", "OA ci95"]] = [0, np.nan, np.nan]
+    table.to_csv(folder / "table3.csv", index=False)
+    verdict = check_findings(folder)["supervised"]
+    assert verdict.label == label
+    assert "APNet: no runs yet" in verdict.evidence and "nan" not in verdict.evidence

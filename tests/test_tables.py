@@ -326,3 +326,23 @@ def test_the_note_says_when_the_unseen_bank_column_awaits_its_runs(monkeypatch):
     assert "unseen-bank column" not in headline_note("instruments", "ci", rows, [0])
     monkeypatch.setitem(tables_module.HEADLINE_UNSEEN, "full", True)
     assert tables_module.unseen_splits("instruments", "full") == HELDOUT_SPLITS["instruments"]
+
+
+def test_a_read_only_scale_names_the_runs_it_lacks_instead_of_training_them(tones, monkeypatch):
+    """At a scale the book reads from weights/ (full), Table 3 reads the finished runs and
+    trains none: a method without one keeps its row, empty, and the note names its runs."""
+    runs_module.train_runs("ci", ["folder"], ["direct", "ours-supervised"], [0], device="cpu",
+                           root=str(tones), progress=False, report=lambda line: None)
+    monkeypatch.setattr(tables_module, "READ_ONLY_SCALES", ("ci",))
+    monkeypatch.setattr(runs_module, "train", lambda *a, **k: pytest.fail("trained a run"))
+    table, rows = table3("folder", "ci", root=str(tones), device="cpu", progress=False)
+    by_method = table.set_index("method")
+    assert by_method.loc["APNet", "seeds"] == 0 and pd.isna(by_method.loc["APNet", "OA"])
+    assert by_method.loc["Ours supervised", "seeds"] == 1
+    assert not pd.isna(by_method.loc["Ours supervised", "OA"])
+    note = headline_note("folder", "ci", rows, [0])
+    assert "Not trained yet, so not in the table: folder apnet seed 0" in note
+    assert "Ours supervised" in headline_view(table)["method"].tolist()
+    from hearproto.runner.claims import findings_markdown
+    assert "APNet: no runs yet" in findings_markdown(table3=table)
+    assert "nan" not in findings_markdown(table3=table)

@@ -223,6 +223,8 @@ def _estimate(table: pd.DataFrame, method: str) -> Estimate | None:
     if method not in rows.index:
         return None
     row = rows.loc[method]
+    if pd.isna(row["OA"]) or row.get("seeds") == 0:  # a row without runs (not trained yet)
+        return None
     seeds = int(row["seeds"]) if pd.notna(row.get("seeds")) else 1
     if "OA ci95" in row.index:
         half_width = float(row["OA ci95"]) if pd.notna(row["OA ci95"]) else None
@@ -234,19 +236,26 @@ def _estimate(table: pd.DataFrame, method: str) -> Estimate | None:
 
 def _versus(table: pd.DataFrame, ours: str, others: tuple[str, ...]) -> Verdict:
     mine = _estimate(table, ours)
-    theirs = {name: _estimate(table, name) for name in others}
-    if mine is None or any(v is None for v in theirs.values()):
+    estimates = {name: _estimate(table, name) for name in others}
+    theirs = {name: value for name, value in estimates.items() if value is not None}
+    missing = [name for name, value in estimates.items() if value is None]
+    if mine is None or not theirs:
         return NOT_MEASURED
     decisions = [compare(mine, other) for other in theirs.values()]
     words = {True: "above", False: "below", None: "within the noise"}
     evidence = f"OA ours {mine} vs " + "; vs ".join(
         f"{name} {other}: {_difference_text(mine, other)}, {words[decision]}"
         for (name, other), decision in zip(theirs.items(), decisions))
+    if missing:
+        evidence += f"; {', '.join(missing)}: no runs yet"
     for floor in table.loc[table["method"].str.endswith("(floor)"), "method"]:
         evidence += (f"; {floor.removesuffix(' (floor)')}, the floor, "
                      f"{_estimate(table, floor).mean:.1f} %")
-    holds = False if False in decisions else True if all(decisions) else None
-    return Verdict(holds, evidence)
+    if False in decisions:  # below one method: the finding fails whatever the others say
+        return Verdict(False, evidence)
+    if missing:  # it cannot hold before every method it names is measured
+        return Verdict(None, evidence, measured=False)
+    return Verdict(True if all(decisions) else None, evidence)
 
 
 def _check_prototypes(prototypes: pd.DataFrame) -> Verdict:
@@ -325,11 +334,12 @@ def check_findings(folder: str | Path) -> dict[str, Verdict]:
 
 def findings_markdown(table1: pd.DataFrame | None = None, table2: pd.DataFrame | None = None,
                       table3: pd.DataFrame | None = None) -> str:
-    """The findings that the given tables decide, as Markdown bullets: the finding, its
-    verdict in bold, the numbers that decide it (for the Results pages, below their table)."""
+    """The findings that the given tables bear on, as Markdown bullets: the finding, its
+    verdict in bold, the numbers that decide it (for the Results pages, below their table);
+    one that waits on a method's runs says so."""
     verdicts = _verdicts(table1, table2, table3)
     return "\n".join(f"- {finding}: **{verdicts[key].label}** ({verdicts[key].evidence})."
-                      for key, finding in FINDINGS if verdicts[key].measured)
+                      for key, finding in FINDINGS if verdicts[key] is not NOT_MEASURED)
 
 
 def claims_table(results_root: str | Path, scale: str, datasets) -> pd.DataFrame:

@@ -28,22 +28,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from hearproto.baselines.trainer import evaluate_baseline
+from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline
 from hearproto.files import atomic_path
 from hearproto.runner.claims import seed_half_width
 from hearproto.runner.paper import PAPER_DATASET, STAGE_LABELS, paper_table1, paper_table2, paper_table3
 from hearproto.provenance import describe_device, git_commit
 from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
-from hearproto.runner.runs import (HELDOUT_SPLITS, SEEDED_METHODS, ensure_run, run_config,
-                                   shipped_current, stage_checkpoint)
-from hearproto.runner.shipped import ensure_unpacked, is_unpacked, retraining, shipped_scores
+from hearproto.runner.runs import (HELDOUT_SPLITS, SEEDED_METHODS, RunSpec, ensure_run,
+                                   run_config, shipped_current, stage_checkpoint)
+from hearproto.runner.shipped import (ensure_unpacked, is_finished, is_unpacked, retraining,
+                                      shipped_scores)
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
 from hearproto.data.splits import heldout_source
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
                                 read_checkpoint, resolve_device, stages_for)
 from hearproto.training.config import RunConfig
 
-__all__ = ["HEADLINE_SEEDS", "HEADLINE_UNSEEN", "FLOORS", "UNSEEN", "data_splits", "unseen_splits", "headline_note", "headline_table", "headline_view",
+__all__ = ["HEADLINE_SEEDS", "HEADLINE_UNSEEN", "READ_ONLY_SCALES", "FLOORS", "UNSEEN", "data_splits", "unseen_splits", "headline_note", "headline_table", "headline_view",
            "with_spread", "evaluate_rows", "table1", "table1_note", "table2", "table3",
            "write_tables"]
 
@@ -69,6 +70,10 @@ UNSEEN = "unseen-bank OA"
 #: none at ``ci`` (no runs are planned there); ``full`` reads what weights/ ships, and its
 #: held-out runs, planned after the three seeds, are not shipped yet.
 HEADLINE_UNSEEN = {"ci": False, "small": True, "full": False, "paper": True}
+
+#: Scales whose Tables 2 and 3 never train a run: they read the runs finished here or shipped
+#: in weights/ (the book builds in minutes), and name the others as not trained yet.
+READ_ONLY_SCALES = ("full",)
 
 
 def unseen_splits(dataset: str, scale: str) -> tuple[str, ...]:
@@ -131,6 +136,18 @@ def _existing_run(config: TrainConfig, scale: str) -> Path | None:
     """``config``'s run folder if it is on disk or ``weights/`` ships it; never trains."""
     out = Path(config.out)
     if (out / "stages").is_dir() and not is_unpacked(out):
+        return out
+    if not retraining() and shipped_current(config):
+        ensure_unpacked(out, scale, config.dataset)
+        return out
+    return None
+
+
+def _finished_run(config: TrainConfig | BaselineConfig, scale: str) -> Path | None:
+    """``config``'s run folder if it holds the finished run trained here or ``weights/``
+    ships it from these data (it is unpacked); never trains."""
+    out = Path(config.out)
+    if is_finished(out) and not is_unpacked(out):
         return out
     if not retraining() and shipped_current(config):
         ensure_unpacked(out, scale, config.dataset)
@@ -245,17 +262,30 @@ def _clustering_or_classification(methods: dict[str, str], clustering: bool, dat
     each held-out split (:func:`unseen_splits`)."""
     runs = [(seed, "random") for seed in seeds]
     runs += [(seeds[0], split) for split in unseen_splits(dataset, scale)]
-    entries = []
+    entries, missing = [], []
     for seed, split in runs:
         for method, label in methods.items():
             if seed != seeds[0] and method not in SEEDED_METHODS:
                 continue  # trained for the first seed only
-            run = ensure_run(run_config(method, dataset, scale, seed, root, device, runs_dir,
-                                        n_speakers, split=split), progress)
+            config = run_config(method, dataset, scale, seed, root, device, runs_dir,
+                                n_speakers, split=split)
+            if scale in READ_ONLY_SCALES:
+                run = _finished_run(config, scale)
+                if run is None:
+                    missing.append(str(RunSpec(method, dataset, seed, split)))
+                    continue
+            else:
+                run = ensure_run(config, progress)
             checkpoint = run / ("last.pt" if method.startswith("ours-") else "best.pt")
             entries.append((checkpoint, {"method": label,
                                          "clustering": clustering and method == "apnet"}))
-    return evaluate_rows(entries, "test", device, root)
+    if not entries:
+        raise FileNotFoundError(
+            f"no run of {', '.join(methods.values())} on {dataset} is trained or shipped at "
+            f"{scale} scale; hearproto experiments train --scale {scale} trains them")
+    rows = evaluate_rows(entries, "test", device, root)
+    rows.attrs["not trained"] = missing
+    return rows
 
 
 def _floor(runs: pd.DataFrame, method: str, kind: str, root: str | None) -> dict:
@@ -354,6 +384,7 @@ def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
     seed and so no interval, the device the runs trained on; what the unseen-bank column is,
     where ``runs`` has held-out rows."""
     seeds = list(seeds)
+    missing = runs.attrs.get("not trained") or []
     devices = ", ".join(sorted(runs["trained_on"].dropna().unique()))
     held = runs[data_splits(runs) != "random"]
     runs = _random_split(runs)
@@ -368,17 +399,20 @@ def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
         fewer = [f"{method}: " + ("1 seed, no interval" if n == 1 else f"{n} seeds")
                  for method, n in per_method.items() if n < most]
         spread += "".join(f"; {text}" for text in fewer)
-    unseen = ""
+    more = ""
     if not len(held) and scale != "ci" and HELDOUT_SPLITS.get(dataset):
-        unseen = (" The unseen-bank column (each lineage of sample banks held out in turn) "
-                  f"is not shown: its runs are not shipped at `{scale}` scale yet.")
+        more = (" The unseen-bank column (each lineage of sample banks held out in turn) "
+                f"is not shown: its runs are not shipped at `{scale}` scale yet.")
     if len(held):
         sources = [heldout_source(split) for split in data_splits(held).unique()]
-        unseen = (f" `{UNSEEN}`: seed {int(held['seed'].iloc[0])} trained without one lineage of "
-                  f"sample banks and tested on all of its clips, the mean over "
-                  f"{', '.join(sources)}.")
+        more = (f" `{UNSEEN}`: seed {int(held['seed'].iloc[0])} trained without one lineage of "
+                f"sample banks and tested on all of its clips, the mean over "
+                f"{', '.join(sources)}.")
+    if missing:
+        more += (f" Not trained yet, so not in the table: {'; '.join(missing)} "
+                 f"(`hearproto experiments train --scale {scale}` trains them).")
     return (f"**{dataset}**, `{scale}` scale, test split ({int(runs['clips'].iloc[0])} clips); "
-            f"{spread}. Trained on {devices}.{unseen}")
+            f"{spread}. Trained on {devices}.{more}")
 
 
 def with_spread(mean: float | None, half_width: float | None, seeds: int,
