@@ -120,6 +120,27 @@ def test_cli_status_lists_the_planned_runs(tmp_path, monkeypatch, capsys):
         "3 runs: 3 not started; 0 minutes of training so far")
 
 
+def test_cli_ship_prunes_the_runs_no_plan_names(tmp_path, monkeypatch, capsys):
+    """`experiments ship --prune` removes shipped runs of earlier settings (names no planned
+    run has) and keeps the planned ones, whatever --methods selects to ship."""
+    from hearproto.runner.runs import run_config
+
+    monkeypatch.setenv("HEARPROTO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HEARPROTO_WEIGHTS", str(tmp_path / "weights"))
+    folder = tmp_path / "weights" / "ci" / "instruments"
+    folder.mkdir(parents=True)
+    planned = Path(run_config("apnet", "instruments", "ci", 0).out).name
+    for name in (f"{planned}.json", "apnet-seed0-00000000.json",
+                 "apnet-seed0-00000000.safetensors"):
+        (folder / name).write_text("{}")
+    assert cli.main(["experiments", "ship", "--scale", "ci", "--datasets", "instruments",
+                     "--methods", "direct", "--seeds", "0", "--prune"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == [f"{planned}.json"]
+    assert "removed ci/instruments/apnet-seed0-00000000.json: no planned run" in out
+    assert "instruments direct seed 0: not trained, skipped" in out
+
+
 def test_cli_reports_bad_audio_clearly(tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
