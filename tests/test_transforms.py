@@ -120,6 +120,28 @@ def test_reconstruct_at_raw_zero_is_the_prototypes():
     torch.testing.assert_close(reconstruction_error(x, protos), expected)
 
 
+@pytest.mark.parametrize("preset", ["instruments", "speakers"])
+def test_our_order_of_transformations_gives_the_papers_eq5(preset):
+    """reconstruct applies pitch, gain, filters; Eq. 5 applies gain, pitch, low, high. The two
+    agree: the pitch shift interpolates linearly with weights summing to one (borders
+    clamped), so it carries a constant gain through, and the filters come after the pitch in
+    both and add, so their order does not matter."""
+    torch.manual_seed(0)
+    constants = mel_bin_constants(PRESETS[preset])
+    n_bins = PRESETS[preset].n_mels
+    protos = torch.rand(3, n_bins, dtype=torch.float64)
+    raw = torch.randn(2, 3, 5, dtype=torch.float64) * 3
+    s, g = pitch_from_raw(raw), gain_from_raw(raw.flip(-1))
+    filters = filter_params_from_raw(torch.randn(2, 3, 5, 4, dtype=torch.float64) * 3)
+    ours = reconstruct(protos, pitch=s, gain=g, filters=filters, constants=constants)
+    gained = protos[None, :, None, :] + g[..., None]  # T_gain(P_k) first, per time step
+    paper = pitch_shift(gained, s, constants)
+    paper = paper + low_filter(filters[..., 2:4], n_bins)
+    paper = paper + high_filter(filters[..., 0:2], n_bins)
+    torch.testing.assert_close(ours, paper, rtol=0, atol=1e-12)
+    assert (s - 1).abs().max() > 0.1 and g.abs().max() > 0.1  # transformations that act
+
+
 # --------------------------------------------------------------------------------------------
 # Pitch shift: a true frequency scaling
 
