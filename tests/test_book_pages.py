@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("instruments", "speakers")
 
-#: Pages written by hand, not executed from a template (training includes docs/training.md;
+#: Pages written by hand, not executed from a template (training: the recipe's departures;
 #: references lists book/references.bib).
 STATIC_PAGES = {"training", "references"}
 
