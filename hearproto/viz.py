@@ -227,7 +227,7 @@ def architecture_figure(model) -> plt.Figure:
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     k, f = model.prototypes.shape
-    decoders = {"gain": "gain a", "pitch": "pitch shift s", "filters": "filters (c, G) x2"}
+    decoders = {"gain": "gain g", "pitch": "pitch shift s", "filters": "filters (c, G) x2"}
     fig, ax = plt.subplots(figsize=(10, 4.2))
     ax.set(xlim=(0, 10), ylim=(0, 4.2))
     ax.axis("off")
