@@ -346,3 +346,16 @@ def test_a_read_only_scale_names_the_runs_it_lacks_instead_of_training_them(tone
     from hearproto.runner.claims import findings_markdown
     assert "APNet: no runs yet" in findings_markdown(table3=table)
     assert "nan" not in findings_markdown(table3=table)
+
+
+def test_every_row_of_tables_2_and_3_says_how_it_departs_from_the_paper():
+    notes = tables_module.departures("full")
+    labels = [*TABLE3_METHODS.values(), *tables_module.TABLE2_METHODS.values(), *FLOORS.values()]
+    assert set(labels) <= set(notes)
+    assert "cluster labels as targets" in notes["Ours unsupervised"]
+    assert notes["Direct Classification"].startswith("1500 optimiser steps")
+    assert "10x the learning rate" in notes["APNet"]
+    paper = tables_module.departures("paper")
+    assert paper["Ours supervised"] == "the paper's recipe"
+    assert paper["Ours unsupervised"] == "the paper's free assignment (Eq. 7)"
+    assert paper["Direct Classification"] == "as the paper"
