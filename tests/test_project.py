@@ -268,3 +268,22 @@ def test_make_banks_unpacks_every_bank_the_renderer_looks_for():
     listed = re.search(r"^BANK_PACKAGES := (.+)$", makefile, re.M).group(1).split()
     assert sorted(listed) == sorted(bank.package for bank in BANKS.values())
     assert re.search(r"^install: .*\$\(BANKS_STAMP\)", makefile, re.M)
+
+
+def test_the_citation_file_cites_this_version_and_the_paper():
+    """CITATION.cff parses, names the package's version, and its preferred citation is the
+    paper as the book's bibliography gives it (title, year, authors in order)."""
+    import hearproto
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert citation["cff-version"] == "1.2.0"
+    assert str(citation["version"]) == hearproto.__version__ == project["version"]
+    assert citation["license"] == project["license"]["text"]
+    paper = citation["preferred-citation"]
+    bib = (ROOT / "book" / "references.bib").read_text()
+    entry = bib[bib.index("@inproceedings{loiseau2022hear"):]
+    entry = entry[:entry.index("\n}")]
+    assert f"title     = {{{paper['title']}}}" in entry and str(paper["year"]) in entry
+    names = [f"{a['family-names']}, {a['given-names']}" for a in paper["authors"]]
+    assert f"author    = {{{' and '.join(names)}}}" in entry
