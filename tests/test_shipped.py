@@ -281,6 +281,10 @@ def test_the_shipped_runs_table_gives_each_run_its_budget_and_time(run, direct, 
     assert table.loc["direct", "kept"] == "scores" and table.loc["direct", "MB"] == 0
     assert table.loc["ours-supervised", "epochs"] == 3 and table.loc["ours-supervised", "MB"] > 0
     assert table.loc["ours-supervised", "trained on"].endswith(", 1 thread)")
+    sidecar = json.loads(shipped_files(run, "ci", "folder", weights)[1].read_text())
+    assert table.loc["ours-supervised", "sha256"] == sidecar["sha256"][:12]
+    assert table.loc["direct", "sha256"] == ""  # rows only: no file to check
+    assert len(table.loc["ours-supervised", "trained at"]) in (0, 10)  # a git checkout or not
     assert budget_of({"stage_steps": 150, "ce_stage_steps": 2700, "mode": "supervised"}) == \
         "150 steps per transformation stage, 2700 of cross-entropy"
     assert budget_of({"model": "apnet", "steps": 400, "epochs": 1000}) == "400 steps"

@@ -391,7 +391,9 @@ def budget_of(config: dict) -> str:
 def shipped_runs_table(scale: str, root: Path | None = None) -> pd.DataFrame:
     """One row per run shipped at ``scale`` (``weights/SCALE/*/*.json``): dataset, method,
     seed, data split, the training budget (:func:`budget_of`), the epochs and minutes it
-    trained, the device, what was kept and its size."""
+    trained, the device and the commit it trained at (its last, if it resumed), what was
+    kept, its size and the first digits of its safetensors file's sha256 (none for a run
+    shipped as table rows)."""
     rows = []
     for sidecar_file in sorted(((weights_dir() if root is None else Path(root)) / scale)
                                .glob("*/*.json")):
@@ -403,8 +405,10 @@ def shipped_runs_table(scale: str, root: Path | None = None) -> pd.DataFrame:
                      "train minutes": sidecar.get("minutes"),
                      # runs shipped before "1 thread" was spelt so
                      "trained on": (sidecar.get("trained_on") or "").replace("1 threads", "1 thread"),
+                     "trained at": ((sidecar.get("commits") or [""])[-1])[:10],
                      "kept": sidecar["keep"],
-                     "MB": round(sidecar.get("bytes", 0) / 1e6, 2)})
+                     "MB": round(sidecar.get("bytes", 0) / 1e6, 2),
+                     "sha256": (sidecar.get("sha256") or "")[:12]})
     columns = ["dataset", "method", "seed", "split", "budget", "epochs", "train minutes",
-               "trained on", "kept", "MB"]
+               "trained on", "trained at", "kept", "MB", "sha256"]
     return pd.DataFrame(rows, columns=columns)
