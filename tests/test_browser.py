@@ -35,9 +35,11 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1200, "height": 900}
 SCREENSHOT_MAX_HEIGHT = 3000  # px: the top of a long page, a file of well under 1.5 MB
-# Pages that must carry audio players: the Listening part (screenshotted) and the front end.
+# Pages that must carry audio players: the Listening part (screenshotted), the front end and
+# the Results pages (what a cluster holds, what a model confuses, the curriculum heard).
 LISTENING_PAGES = ["prototypes-*", "timbre-*"]
-PAGES_WITH_PLAYERS = [*LISTENING_PAGES, "frontend"]
+PAGES_WITH_PLAYERS = [*LISTENING_PAGES, "frontend", "ablation-*", "clustering-*",
+                      "classification-*"]
 WIDGET_VIEW = 'script[type="application/vnd.jupyter.widget-view+json"]'
 # ipywidgets' html-manager renders each view into a `.widget-subarea` that it inserts next to
 # the view's <script> placeholder (in the same cell output container).
