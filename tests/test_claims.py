@@ -15,7 +15,7 @@ from hearproto.frontend import PRESETS
 from hearproto.runner.claims import (DISTINCT_DB, FINDINGS, LABELS, Estimate, check_findings,
                                      claims_table, clips_half_width, compare, findings_markdown,
                                      prototype_statistics, seed_half_width)
-from hearproto.runner.paper import STAGE_LABELS
+from hearproto.runner.paper import PAPERS_UNSUPERVISED, STAGE_LABELS
 
 STAGES = [STAGE_LABELS[s] for s in ("raw", "gain", "pitch", "filters", "ce")]
 
@@ -34,7 +34,7 @@ def write_results(folder: Path, oa_by_stage, l_rec_by_stage, ours_sup, direct, a
     pd.DataFrame({"method": ["Direct Classification", "APNet", "Ours supervised"], "seeds": 3,
                   "OA": [direct, apnet, ours_sup], "OA ci95": [1.0, 2.0, 0.5],
                   "clips": test_clips}).to_csv(folder / "table3.csv", index=False)
-    pd.DataFrame({"method": ["Autoencoder + K-means", "APNet + K-means", "Ours unsupervised"],
+    pd.DataFrame({"method": ["Autoencoder + K-means", "APNet + K-means", PAPERS_UNSUPERVISED],
                   "seeds": 1, "OA": [autoencoder, 5.0, ours_unsup], "OA ci95": None,
                   "clips": test_clips}).to_csv(folder / "table2.csv", index=False)
     if prototypes is not None:
@@ -92,7 +92,7 @@ def test_the_seed_interval_is_students_t():
 def test_comparisons_are_decided_by_intervals(tmp_path, ours, other, label):
     folder = tmp_path / "full" / "speakers"
     folder.mkdir(parents=True)
-    pd.DataFrame({"method": ["Autoencoder + K-means", "Ours unsupervised"],
+    pd.DataFrame({"method": ["Autoencoder + K-means", PAPERS_UNSUPERVISED],
                   "seeds": [other.seeds, ours.seeds], "OA": [other.mean, ours.mean],
                   "OA ci95": [other.half_width, ours.half_width],
                   "clips": [other.clips, ours.clips]}).to_csv(folder / "table2.csv", index=False)

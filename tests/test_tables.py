@@ -22,10 +22,10 @@ from hearproto.runner.experiments import write_provenance
 from hearproto.runner.paper import paper_table1, paper_table3
 from hearproto.runner.runs import HELDOUT_SPLITS, run_config
 from hearproto.runner import tables as tables_module
-from hearproto.runner.tables import (FLOORS, TABLE3_METHODS, UNSEEN, data_splits, headline_note,
+from hearproto.runner.tables import (FLOORS, PAPERS_UNSUPERVISED, TABLE3_METHODS, UNSEEN, data_splits, headline_note,
                                      headline_table, headline_view, table1, table1_note, table2,
                                      table3, write_tables)
-from hearproto.training import RESUMABLE, TrainConfig
+from hearproto.training import RESUMABLE, TrainConfig, read_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,12 @@ def test_tables_train_once_and_carry_provenance(tones, tmp_path):
 
     clustering, _ = table2("folder", "ci", root=str(tones), device="cpu", progress=False)
     assert list(clustering["method"]) == ["Autoencoder + K-means", "APNet + K-means",
-                                          "Ours unsupervised", FLOORS["kmeans"]]
+                                          PAPERS_UNSUPERVISED, "Ours unsupervised",
+                                          FLOORS["kmeans"]]
+    free = Path(run_config("ours-unsupervised-free", "folder", "ci", root=str(tones)).out)
+    # the paper's assignment: no cross-entropy stage, no held clusters
+    assert read_checkpoint(free / "last.pt")["config"]["held_stages"] == []
+    assert not (free / "stages" / "ce.pt").exists() and (free / "stages" / "filters.pt").exists()
 
     folder = tmp_path / "results" / "ci" / "folder"
     written = write_tables("table3", table, rows, folder)
@@ -137,7 +142,10 @@ def test_held_out_sources_add_the_unseen_bank_column(tmp_path, monkeypatch):
 
     clustering, clustering_rows = table2("speakers", "ci", root=root, device="cpu",
                                          progress=False)
-    assert clustering[UNSEEN].notna().all() and len(clustering_rows) == 9
+    # the paper's free assignment is trained on the random split only (HELDOUT_METHODS)
+    unseen = clustering.set_index("method")[UNSEEN]
+    assert unseen.drop(PAPERS_UNSUPERVISED).notna().all() and pd.isna(unseen[PAPERS_UNSUPERVISED])
+    assert len(clustering_rows) == 4 + 2 * 3
 
 
 def _seed_rows(values: dict[str, list[float]]) -> pd.DataFrame:
@@ -236,7 +244,8 @@ def test_planned_runs_put_the_first_seed_first_and_shards_share_them_out():
     runs = runs_module.planned_runs("full", ["instruments", "speakers"], seeds=(0, 1, 2))
     methods = len(runs_module.METHODS)
     seeded = len(runs_module.SEEDED_METHODS)
-    assert len(runs) == 2 * methods + 2 * 2 * seeded + 3 * methods  # 3 held-out lineages, seed 0
+    heldout_methods = len(runs_module.HELDOUT_METHODS)
+    assert len(runs) == 2 * methods + 2 * 2 * seeded + 3 * heldout_methods  # 3 lineages, seed 0
     assert {r.method for r in runs if r.seed > 0} == set(runs_module.SEEDED_METHODS)
     assert {r.seed for r in runs[:2 * methods]} == {0} and runs[0].split == "random"
     heldout = [r for r in runs if r.split != "random"]
@@ -358,4 +367,6 @@ def test_every_row_of_tables_2_and_3_says_how_it_departs_from_the_paper():
     paper = tables_module.departures("paper")
     assert paper["Ours supervised"] == "the paper's recipe"
     assert paper["Ours unsupervised"] == "the paper's free assignment (Eq. 7)"
+    assert "the paper's free assignment" in notes[PAPERS_UNSUPERVISED]
+    assert "ours-unsupervised-free" not in runs_module.scale_methods("paper")  # the same run
     assert paper["Direct Classification"] == "as the paper"

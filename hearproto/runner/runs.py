@@ -39,19 +39,26 @@ from hearproto.errors import RunLocked
 from hearproto.files import data_home
 from hearproto.runner.shipped import (ensure_unpacked, is_finished, is_unpacked, retraining,
                                       shipped_files)
-from hearproto.training import RESUMABLE, TrainConfig, train
+from hearproto.training import RECIPES, RESUMABLE, TrainConfig, train
 
-__all__ = ["METHODS", "SEEDED_METHODS", "HELDOUT_SPLITS", "SCALE_SETTINGS", "RunSpec", "default_runs_dir",
+__all__ = ["METHODS", "SEEDED_METHODS", "HELDOUT_METHODS", "HELDOUT_SPLITS", "scale_methods", "SCALE_SETTINGS", "RunSpec", "default_runs_dir",
            "planned_runs", "run_config", "settings_digest", "ensure_run", "shipped_current",
            "stage_checkpoint",
            "train_runs", "runs_status"]
 
-#: Every trainable method: our model in both modes and the three baselines.
-METHODS = ("ours-supervised", "ours-unsupervised", "direct", "autoencoder", "apnet")
+#: Every trainable method: our model supervised, unsupervised with its held clusters as
+#: targets (our recipe's) and with the paper's free assignment (Eq. 7, no cross-entropy), and
+#: the three baselines.
+METHODS = ("ours-supervised", "ours-unsupervised", "ours-unsupervised-free", "direct",
+           "autoencoder", "apnet")
 
 #: The methods trained for every seed; the others (the autoencoder and APNet, each about as
 #: long as our model on one CPU thread) for the first seed only.
-SEEDED_METHODS = ("ours-supervised", "ours-unsupervised", "direct")
+SEEDED_METHODS = ("ours-supervised", "ours-unsupervised", "ours-unsupervised-free", "direct")
+
+#: The methods also trained on the held-out splits (the free assignment's clusters are scored
+#: on the random split only).
+HELDOUT_METHODS = tuple(m for m in METHODS if m != "ours-unsupervised-free")
 
 #: Per scale: ``data`` (dataset size), ``ours`` (TrainConfig fields), and per baseline its
 #: BaselineConfig fields.
@@ -125,13 +132,25 @@ def planned_runs(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: boo
     intervals of Tables 2 and 3), then the held-out splits (:data:`HELDOUT_SPLITS`, first
     seed only, not at ``ci`` scale: one column)."""
     first, *others = seeds
+    methods = [m for m in methods if m in scale_methods(scale)]
     runs = [RunSpec(m, d, first) for m in methods for d in datasets]
     runs += [RunSpec(m, d, s) for s in others for m in methods for d in datasets
              if m in SEEDED_METHODS]
     if heldout and scale != "ci":
         runs += [RunSpec(m, d, first, split) for d in datasets
-                 for split in HELDOUT_SPLITS.get(d, ()) for m in methods]
+                 for split in HELDOUT_SPLITS.get(d, ()) for m in methods
+                 if m in HELDOUT_METHODS]
     return runs
+
+
+def scale_methods(scale: str) -> tuple[str, ...]:
+    """The methods trained at ``scale``: all of :data:`METHODS`, less the free assignment
+    where the scale's recipe already assigns freely (the ``paper`` scale: its unsupervised
+    run is the paper's)."""
+    recipe = SCALE_SETTINGS[scale]["ours"].get("recipe", "default")
+    free_already = not SCALE_SETTINGS[scale]["ours"].get(
+        "held_stages", RECIPES[recipe]["held_stages"])
+    return tuple(m for m in METHODS if not (free_already and m == "ours-unsupervised-free"))
 
 
 def run_config(method: str, dataset: str, scale: str, seed: int = 0, root: str | None = None,
@@ -150,8 +169,11 @@ def run_config(method: str, dataset: str, scale: str, seed: int = 0, root: str |
                   split=split, **settings["data"])
     if method.startswith("ours-"):
         ours = dict(settings["ours"])
-        config = TrainConfig.from_recipe(ours.pop("recipe", "default"),
-                                         mode=method.removeprefix("ours-"), **common, **ours)
+        if method == "ours-unsupervised-free":  # the paper's Eq. 7: no held clusters, no CE
+            ours["held_stages"] = []
+        mode = "supervised" if method == "ours-supervised" else "unsupervised"
+        config = TrainConfig.from_recipe(ours.pop("recipe", "default"), mode=mode, **common,
+                                         **ours)
     else:
         config = BaselineConfig(model=method, **common, **settings[method])
     named = "" if split == "random" else f"-{split}"
