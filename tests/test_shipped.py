@@ -332,7 +332,7 @@ def test_float16_is_chosen_checkpoint_by_checkpoint(run, tmp_path, monkeypatch):
 
     # as if float16 moved the last checkpoint's validation scores, and no stage's
     monkeypatch.setattr(shipped, "_float16_moves_scores",
-                        lambda run, name, packs, device: name == "last.pt")
+                        lambda run, name, packs, device, scored=None: name == "last.pt")
     weights = tmp_path / "weights"
     sidecar = ship_run(run, "ci", "folder", root=weights, half=None)
     assert sidecar["dtype"] == "mixed"
@@ -349,3 +349,17 @@ def test_float16_is_chosen_checkpoint_by_checkpoint(run, tmp_path, monkeypatch):
     original, unpacked = load_checkpoint(run / "last.pt")[0], load_checkpoint(copy / "last.pt")[0]
     for key, tensor in original.state_dict().items():  # float32 kept: bit for bit
         assert torch.equal(unpacked.state_dict()[key], tensor), key
+
+
+def test_the_float16_check_gives_the_tables_their_validation_scores(run, tmp_path):
+    """The float16 check scores every checkpoint in float32 on the validation split; the
+    sidecar's validation scores are those, as an evaluation of the run's own checkpoints
+    gives them (not computed a second time)."""
+    sidecar = ship_run(run, "ci", "folder", root=tmp_path / "weights", half=None)
+    stored = [e for e in sidecar["scores"] if e["split"] == "val"]
+    assert {e["checkpoint"] for e in stored} == {"stages/raw.pt", "stages/gain.pt",
+                                                 "stages/pitch.pt"}
+    for entry in stored:
+        again = evaluate_checkpoint(run / entry["checkpoint"], "val", "cpu")
+        assert {k: entry["scores"][k] for k in ("OA", "AA", "L_rec", "clips")} == \
+            {k: again[k] for k in ("OA", "AA", "L_rec", "clips")}

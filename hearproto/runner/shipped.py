@@ -169,9 +169,11 @@ def _pack(payloads: dict[str, dict], half: dict[str, bool]) -> tuple[dict, dict]
 
 
 def _float16_moves_scores(run: Path, name: str, packs: list[tuple[dict, dict]],
-                          device: str) -> bool:
+                          device: str, scored: dict | None = None) -> bool:
     """Whether checkpoint ``name`` scores differently on the validation split with float16
-    weights (another OA or AA, or L_rec moved by more than FLOAT16_TOLERANCE)."""
+    weights (another OA or AA, or L_rec moved by more than FLOAT16_TOLERANCE). ``scored``
+    receives the float32 scores under ``name`` (the tables' validation scores: not computed
+    twice)."""
     from hearproto.baselines.trainer import evaluate_baseline
     from hearproto.training import evaluate_checkpoint
 
@@ -187,13 +189,15 @@ def _float16_moves_scores(run: Path, name: str, packs: list[tuple[dict, dict]],
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     a, b = scores
+    if scored is not None:
+        scored[name] = a
     moved_l_rec = (a["L_rec"] is not None and
                    abs(a["L_rec"] - b["L_rec"]) > FLOAT16_TOLERANCE * abs(a["L_rec"]))
     return a["OA"] != b["OA"] or a["AA"] != b["AA"] or moved_l_rec
 
 
-def _table_scores(run: Path, names: list[str], payloads: dict[str, dict], device: str
-                  ) -> list[dict]:
+def _table_scores(run: Path, names: list[str], payloads: dict[str, dict], device: str,
+                  val_scores: dict | None = None) -> list[dict]:
     """The scores the tables read of the checkpoints ``names``: the evaluated one's on the
     test split (both of APNet's: its classifier, Table 3; K-means on its similarities, Table
     2), each stage checkpoint's on the validation split (Table 1)."""
@@ -215,8 +219,11 @@ def _table_scores(run: Path, names: list[str], payloads: dict[str, dict], device
         baseline = payload.get("baseline")
         variants = (False, True) if baseline == "apnet" and split == "test" else (False,)
         for clustering in variants:
-            scores = (evaluate_baseline(run / name, split, device, clustering=clustering)
-                      if baseline else evaluate_checkpoint(run / name, split, device))
+            if split == "val" and name in (val_scores or {}):  # scored by the float16 check
+                scores = val_scores[name]
+            else:
+                scores = (evaluate_baseline(run / name, split, device, clustering=clustering)
+                          if baseline else evaluate_checkpoint(run / name, split, device))
             rows.append({"checkpoint": name, "split": split, "clustering": clustering,
                          "scores": _json_value(scores), "contents": _contents(payload),
                          "evaluated_on": evaluated_on, "commit": commit})
@@ -249,19 +256,21 @@ def ship_run(run: str | os.PathLike, scale: str, dataset: str, root: Path | None
     sidecar = {"format": SHIPPED_FORMAT, "run": run.name, "scale": scale, "dataset": dataset,
                "method": run.name.split("-seed")[0], "seed": facts["config"]["seed"],
                "recipe": facts["config"].get("recipe"), "keep": keep}
+    val_scores: dict[str, dict] = {}  # float32 validation scores, from the float16 check
+    if keep != "scores":
+        if half is None:  # float16 for each checkpoint whose validation scores it leaves alone
+            packs = [_pack(payloads, dict.fromkeys(payloads, h)) for h in (False, True)]
+            choice = {name: not _float16_moves_scores(run, name, packs, device, val_scores)
+                      for name in payloads}
+        else:
+            choice = dict.fromkeys(payloads, bool(half))
     # the tables read these instead of evaluating the run again (the book builds in minutes)
-    sidecar["scores"] = _table_scores(run, names, payloads, device)
+    sidecar["scores"] = _table_scores(run, names, payloads, device, val_scores)
     if keep == "scores":
         tensors_file.unlink(missing_ok=True)  # a run shipped with weights before
         sidecar.update({"dtype": None, "sha256": None, "bytes": 0, **_json_value(facts),
                         "checkpoints": {}})
     else:
-        if half is None:  # float16 for each checkpoint whose validation scores it leaves alone
-            packs = [_pack(payloads, dict.fromkeys(payloads, h)) for h in (False, True)]
-            choice = {name: not _float16_moves_scores(run, name, packs, device)
-                      for name in payloads}
-        else:
-            choice = dict.fromkeys(payloads, bool(half))
         tensors, checkpoints = _pack(payloads, choice)
         with atomic_path(tensors_file) as tmp:
             save_file(tensors, str(tmp))
