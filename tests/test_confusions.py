@@ -12,10 +12,10 @@ import pytest
 from matplotlib import pyplot as plt
 
 from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline, train_baseline
-from hearproto.runner.confusions import (UNMAPPED, Predictions, clip_frames, cluster_contingency,
-                                         confusion_figure, confusion_frame,
-                                         most_confused_pairs, per_class_accuracy,
-                                         predictions_on_test)
+from hearproto.runner.confusions import (UNMAPPED, Predictions, clip_errors_of, clip_frames,
+                                         cluster_contingency, confusion_figure,
+                                         confusion_frame, most_confused_pairs,
+                                         per_class_accuracy, predictions_on_test)
 from hearproto.training import TrainConfig, evaluate_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("data_home")
@@ -89,3 +89,26 @@ def test_the_predictions_of_a_checkpoint_score_as_the_tables_do(ours, tones, tmp
     assert accuracy == pytest.approx(evaluate_baseline(direct / "best.pt", "test", "cpu")["OA"])
     assert found.errors is None and "prototype" not in found.table
     assert np.isclose(per_class_accuracy({"d": found})["d"].mean(), accuracy)  # balanced split
+
+
+def test_a_shipped_run_gives_its_stored_choices_and_errors_on_demand(ours, tmp_path):
+    """Shipping stores each test clip's choice; the unpacked run gives the same predictions
+    without an evaluation, and clip_errors_of computes the errors of the clips asked for as
+    the evaluation does."""
+    from hearproto.runner.shipped import ship_run, unpack_run
+    from hearproto.training import load_checkpoint
+
+    run = ours.parent
+    weights = tmp_path / "weights"
+    sidecar = ship_run(run, "ci", "folder", root=weights, half=False, keep="evaluated")
+    test_entry = next(e for e in sidecar["scores"] if e["split"] == "test")
+    assert set(test_entry["per_clip"]) == {"predicted", "prototype"}
+    copy = tmp_path / "copy" / run.name
+    unpack_run(copy, "ci", "folder", root=weights)
+    evaluated, stored = (predictions_on_test(path, device="cpu")
+                         for path in (ours, copy / "last.pt"))
+    assert stored.errors is None and evaluated.errors is not None
+    pd.testing.assert_frame_equal(stored.table, evaluated.table)
+    model, _ = load_checkpoint(copy / "last.pt")
+    np.testing.assert_allclose(clip_errors_of(model, stored, [0, 2]), evaluated.errors[[0, 2]],
+                               rtol=1e-5, atol=1e-7)

@@ -308,11 +308,14 @@ def load_baseline(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str = "auto",
                       root: str | None = None, clustering: bool = False,
-                      progress: bool = False, resplit: bool = False) -> dict:
+                      progress: bool = False, resplit: bool = False,
+                      per_clip: bool = False) -> dict:
     """OA, AA (percent) and L_rec (x100, None for Direct Classification) of a baseline
     checkpoint on a split. ``autoencoder`` is always scored by K-means on its features;
     ``apnet`` by its classifier, or with ``clustering`` by K-means on its similarities. Data
-    other than the checkpoint's are refused unless ``resplit``, as for our model."""
+    other than the checkpoint's are refused unless ``resplit``, as for our model. With
+    ``per_clip``, a classifier's scores also hold ``per_clip``: each clip's ``predicted``
+    class index, in the split's order."""
     device = resolve_device(device)
     model, payload = load_baseline(path, device)
     name = payload["baseline"]
@@ -337,13 +340,17 @@ def evaluate_baseline(path: str | os.PathLike, split: str = "test", device: str 
                                out["features"].numpy(), labels, target.num_classes,
                                seed=config.seed)
     else:
-        scores = accuracies(labels, out["logits"].argmax(1).numpy(), target.num_classes)
+        predicted = out["logits"].argmax(1).numpy()
+        scores = accuracies(labels, predicted, target.num_classes)
     l_rec = 100 * float(out["rec_error"].mean()) if "rec_error" in out else None
     label = {"direct": "Direct Classification", "autoencoder": "Autoencoder + K-means",
              "apnet": "APNet + K-means" if clustering else "APNet"}[name]
-    return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": l_rec, "stage": "best",
-            "dataset": config.dataset, "mode": "unsupervised" if clustering else "supervised",
-            "model": label, "split": split, "clips": len(target), **notes}
+    found = {"OA": scores["OA"], "AA": scores["AA"], "L_rec": l_rec, "stage": "best",
+             "dataset": config.dataset, "mode": "unsupervised" if clustering else "supervised",
+             "model": label, "split": split, "clips": len(target), **notes}
+    if per_clip and not clustering:
+        found["per_clip"] = {"predicted": predicted.tolist()}
+    return found
 
 
 @torch.no_grad()

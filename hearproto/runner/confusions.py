@@ -3,9 +3,8 @@ Classification, their confusion matrices and per-class accuracy, the pairs of cl
 often confused, and the contingency of our unsupervised clusters with the classes (the
 Results pages' figures and players).
 
-:func:`predictions_on_test` scores a checkpoint's test split again (the tables read stored
-scores; these pages need every clip's choice), so it needs the run's weights: our runs and
-the baselines that ship them, not runs shipped as table rows alone.
+:func:`predictions_on_test` reads each test clip's choice from a shipped run's sidecar (stored
+with its scores), or scores the checkpoint's test split again.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ UNMAPPED = "(no training clip)"
 
 __all__ = ["UNMAPPED", "Predictions", "predictions_on_test", "confusion_frame", "per_class_accuracy",
            "most_confused_pairs", "confusion_figure", "cluster_contingency",
-           "contingency_figure", "clip_frames"]
+           "contingency_figure", "clip_frames", "clip_errors_of"]
 
 
 @dataclass
@@ -35,8 +34,9 @@ class Predictions:
     """Every test clip of one checkpoint: ``table`` (``clip``, its index in ``clips``;
     ``label`` and ``predicted``, class names, ``predicted`` None for a clip on a prototype
     mapped to no class; for our model ``prototype``, the one that reconstructs it best),
-    ``errors`` ``(N, K)`` (our model; None for a baseline), the test ``clips``, ``classes``
-    and the ``data`` they come from."""
+    ``errors`` ``(N, K)`` (our model evaluated here; None for a baseline and for choices
+    stored at shipping: :func:`clip_errors_of` computes those wanted), the test ``clips``,
+    ``classes`` and the ``data`` they come from."""
 
     table: pd.DataFrame
     errors: np.ndarray | None
@@ -54,14 +54,27 @@ def predictions_on_test(checkpoint: str | os.PathLike, device: str = "auto",
                      root: str | None = None) -> Predictions:
     """The test predictions of ``checkpoint``: our model (supervised: each prototype is its
     class; unsupervised: the majority class of the training clips each one reconstructs
-    best) or a baseline with a classifier (Direct Classification, APNet)."""
+    best) or a baseline with a classifier (Direct Classification, APNet). A checkpoint
+    unpacked from ``weights/`` gives the choices stored when it was shipped, without an
+    evaluation."""
     from hearproto.baselines.trainer import BaselineConfig, _outputs, load_baseline
     from hearproto.training import (TrainConfig, checkpoint_dataset, load_checkpoint,
                                     read_checkpoint, resolve_device)
     from hearproto.training.evaluation import clip_errors, evaluation_split, mapping_for
 
+    from hearproto.runner.shipped import shipped_scores
+
     device = resolve_device(device)
     payload = read_checkpoint(checkpoint)
+    stored = shipped_scores(checkpoint, "test")
+    if stored is not None and stored.get("per_clip"):  # chosen when the run was shipped
+        config = (BaselineConfig if payload.get("baseline") else TrainConfig).from_dict(
+            payload["config"])
+        data = checkpoint_dataset(checkpoint, payload, config, root)
+        clips = evaluation_split(data, "test")
+        per_clip = stored["per_clip"]
+        return _predictions(clips, np.asarray(per_clip["predicted"]), per_clip.get("prototype"),
+                            None, data)
     if payload.get("baseline"):
         if payload["baseline"] == "autoencoder":
             raise ValueError(f"{checkpoint}: the autoencoder has no classifier to predict with")
@@ -82,13 +95,34 @@ def predictions_on_test(checkpoint: str | os.PathLike, device: str = "auto",
         errors = clip_errors(model, clips, config.eval_batch_size, device, config.k_chunk).numpy()
         scores = evaluate(errors, clips.labels.numpy(), mapping, clips.num_classes)
         predicted, chosen = scores["predictions"], scores["assignments"]
+    return _predictions(clips, predicted, chosen, errors, data)
+
+
+def _predictions(clips: ClipDataset, predicted: np.ndarray, chosen, errors: np.ndarray | None,
+                 data: PreparedDataset) -> Predictions:
     classes = list(clips.classes)
+    if len(predicted) != len(clips):
+        raise ValueError(f"{len(predicted)} predictions for {len(clips)} test clips: the "
+                         "stored choices are not of these data")
     table = pd.DataFrame({"clip": np.arange(len(clips)),
                           "label": [classes[i] for i in clips.labels.numpy()],
                           "predicted": [classes[p] if p >= 0 else None for p in predicted]})
     if chosen is not None:
-        table["prototype"] = chosen
+        table["prototype"] = np.asarray(chosen)
     return Predictions(table, errors, clips, classes, data)
+
+
+@torch.no_grad()
+def clip_errors_of(model, predictions: Predictions, clips) -> np.ndarray:
+    """The errors ``(n, K)`` of the test clips ``clips`` (indices) by every prototype of our
+    ``model``: read from ``predictions`` where it holds them, else computed, clip by clip
+    (whole clips, as the scores are)."""
+    clips = [int(c) for c in clips]
+    if predictions.errors is not None:
+        return predictions.errors[clips]
+    model.eval()
+    rows = [model.errors(clip_frames(predictions, c))[0][0].float().numpy() for c in clips]
+    return np.stack(rows) if rows else np.zeros((0, model.num_prototypes))
 
 
 def confusion_frame(predictions: Predictions) -> pd.DataFrame:

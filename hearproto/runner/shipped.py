@@ -219,14 +219,20 @@ def _table_scores(run: Path, names: list[str], payloads: dict[str, dict], device
         baseline = payload.get("baseline")
         variants = (False, True) if baseline == "apnet" and split == "test" else (False,)
         for clustering in variants:
+            # the test split's per-clip choices too: the Results pages' confusions read them
+            per_clip = split == "test" and not clustering and baseline != "autoencoder"
             if split == "val" and name in (val_scores or {}):  # scored by the float16 check
                 scores = val_scores[name]
+            elif baseline:
+                scores = evaluate_baseline(run / name, split, device, clustering=clustering,
+                                           per_clip=per_clip)
             else:
-                scores = (evaluate_baseline(run / name, split, device, clustering=clustering)
-                          if baseline else evaluate_checkpoint(run / name, split, device))
+                scores = evaluate_checkpoint(run / name, split, device, per_clip=per_clip)
+            clips = scores.pop("per_clip", None)
             rows.append({"checkpoint": name, "split": split, "clustering": clustering,
                          "scores": _json_value(scores), "contents": _contents(payload),
-                         "evaluated_on": evaluated_on, "commit": commit})
+                         "evaluated_on": evaluated_on, "commit": commit,
+                         **({"per_clip": clips} if clips is not None else {})})
     return rows
 
 

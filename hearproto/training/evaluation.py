@@ -89,10 +89,12 @@ def scored_split(path: str | os.PathLike, payload: dict, data: PreparedDataset, 
 
 def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: str = "auto",
                         root: str | None = None, progress: bool = False,
-                        resplit: bool = False) -> dict:
+                        resplit: bool = False, per_clip: bool = False) -> dict:
     """OA, AA (percent) and L_rec (x100) of a checkpoint on a split of its dataset (in
     ``root`` if it moved). Data other than the checkpoint's are refused unless ``resplit``
-    (:func:`~hearproto.training.checkpoints.checkpoint_dataset`)."""
+    (:func:`~hearproto.training.checkpoints.checkpoint_dataset`). With ``per_clip``, also
+    ``per_clip``: each clip's ``predicted`` class index (-1: a prototype mapped to no class)
+    and ``prototype`` (the one that reconstructs it best), in the split's order."""
     device = resolve_device(device)
     model, payload = load_checkpoint(path, device)
     config = TrainConfig.from_dict(payload["config"])
@@ -102,6 +104,10 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", device: st
                           config.eval_batch_size)
     errors = clip_errors(model, target, config.eval_batch_size, device, config.k_chunk)
     scores = evaluate(errors.numpy(), target.labels.numpy(), mapping, target.num_classes)
-    return {"OA": scores["OA"], "AA": scores["AA"], "L_rec": scores["L_rec"],
-            "stage": payload["stage"], "dataset": config.dataset, "mode": config.mode,
-            "split": split, "clips": len(target), **notes}
+    found = {"OA": scores["OA"], "AA": scores["AA"], "L_rec": scores["L_rec"],
+             "stage": payload["stage"], "dataset": config.dataset, "mode": config.mode,
+             "split": split, "clips": len(target), **notes}
+    if per_clip:
+        found["per_clip"] = {"predicted": scores["predictions"].tolist(),
+                             "prototype": scores["assignments"].tolist()}
+    return found
