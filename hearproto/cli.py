@@ -129,15 +129,15 @@ def _experiments_status(args: argparse.Namespace) -> int:
 
 
 def _experiments_ship(args: argparse.Namespace) -> int:
-    from hearproto.runner.runs import METHODS, planned_runs, run_config
+    from hearproto.runner.runs import METHODS, planned_runs, run_config, shipped_current
     from hearproto.runner.shipped import (default_keep, is_finished, is_unpacked, ship_run,
                                           weights_dir)
 
     methods = args.methods.split(",") if args.methods else list(METHODS)
     shipped = 0
     for spec in planned_runs(args.scale, args.datasets.split(","), methods, _seeds(args)):
-        run = Path(run_config(spec.method, spec.dataset, args.scale, spec.seed,
-                              split=spec.split).out)
+        config = run_config(spec.method, spec.dataset, args.scale, spec.seed, split=spec.split)
+        run = Path(config.out)
         if is_unpacked(run):
             print(f"{spec}: unpacked from weights/, skipped (it is shipped already)", flush=True)
             continue
@@ -146,9 +146,13 @@ def _experiments_ship(args: argparse.Namespace) -> int:
             print(f"{spec}: {state}, skipped (hearproto experiments train --scale "
                   f"{args.scale} finishes it)", flush=True)
             continue
+        if not args.force and shipped_current(config):
+            print(f"{spec}: shipped already, from these data; skipped (--force ships it "
+                  "again)", flush=True)
+            continue
         keep = args.keep or default_keep(spec.method, spec.seed, spec.split)
-        sidecar = ship_run(run, args.scale, spec.dataset, half=None, overwrite=args.force,
-                           keep=keep)
+        # a run shipped from other data under the same name is replaced
+        sidecar = ship_run(run, args.scale, spec.dataset, half=None, overwrite=True, keep=keep)
         shipped += 1
         kept = (f"{sidecar['bytes'] / 1e6:.2f} MB {sidecar['dtype']}, "
                 f"{len(sidecar['checkpoints'])} checkpoint(s)" if keep != "scores"
@@ -699,7 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="every checkpoint, the one the tables evaluate, or its test scores "
                            "alone (default: all for our seed-0 runs, scores for APNet, "
                            "evaluated otherwise)")
-    ship.add_argument("--force", action="store_true", help="replace runs already shipped")
+    ship.add_argument("--force", action="store_true",
+                      help="ship again the runs weights/ already ships from these data (a run "
+                           "shipped from other data is always replaced)")
     ship.add_argument("--prune", action="store_true",
                       help="remove the shipped runs of these datasets that no planned run of "
                            "any method for these seeds names (runs of earlier settings)")

@@ -141,6 +141,33 @@ def test_cli_ship_prunes_the_runs_no_plan_names(tmp_path, monkeypatch, capsys):
     assert "instruments direct seed 0: not trained, skipped" in out
 
 
+def test_cli_ship_skips_what_is_shipped_from_these_data_and_replaces_the_rest(
+        tones, tmp_path, monkeypatch, capsys):
+    """A second `experiments ship` leaves a run shipped from these data alone; a sidecar of
+    the same name from other data (a built-in dataset rebuilt) is replaced without --force."""
+    import functools
+    import json
+
+    from hearproto.runner import runs
+
+    monkeypatch.setenv("HEARPROTO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HEARPROTO_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setattr(runs, "run_config", functools.partial(runs.run_config, root=str(tones)))
+    runs.train_runs("ci", ["folder"], ["direct"], [0], device="cpu", root=str(tones),
+                    progress=False, report=lambda line: None)
+    ship = ["experiments", "ship", "--scale", "ci", "--datasets", "folder", "--methods",
+            "direct", "--seeds", "0"]
+    assert cli.main(ship) == 0 and "folder direct seed 0: " in capsys.readouterr().out
+    assert cli.main(ship) == 0
+    assert "shipped already, from these data; skipped" in capsys.readouterr().out
+    sidecar_file = next((tmp_path / "weights" / "ci" / "folder").glob("direct-*.json"))
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar["data"]["split_hash"] = "other data"
+    sidecar_file.write_text(json.dumps(sidecar))
+    assert cli.main(ship) == 0 and "skipped" not in capsys.readouterr().out
+    assert json.loads(sidecar_file.read_text())["data"]["split_hash"] != "other data"
+
+
 def test_cli_reports_bad_audio_clearly(tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
