@@ -152,7 +152,8 @@ def _experiments_ship(args: argparse.Namespace) -> int:
             continue
         keep = args.keep or default_keep(spec.method, spec.seed, spec.split)
         # a run shipped from other data under the same name is replaced
-        sidecar = ship_run(run, args.scale, spec.dataset, half=None, overwrite=True, keep=keep)
+        half = {"auto": None, "float16": True, "float32": False}[args.dtype]
+        sidecar = ship_run(run, args.scale, spec.dataset, half=half, overwrite=True, keep=keep)
         shipped += 1
         kept = (f"{sidecar['bytes'] / 1e6:.2f} MB {sidecar['dtype']}, "
                 f"{len(sidecar['checkpoints'])} checkpoint(s)" if keep != "scores"
@@ -706,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--force", action="store_true",
                       help="ship again the runs weights/ already ships from these data (a run "
                            "shipped from other data is always replaced)")
+    ship.add_argument("--dtype", choices=("auto", "float16", "float32"), default="auto",
+                      help="auto (default): float16 for each checkpoint whose validation "
+                           "scores it leaves unchanged, which evaluates every checkpoint "
+                           "twice; float32: no such check (larger files, shipped sooner: an "
+                           "unsupervised checkpoint's every evaluation reads all the training "
+                           "clips); float16: unchecked")
     ship.add_argument("--prune", action="store_true",
                       help="remove the shipped runs of these datasets that no planned run of "
                            "any method for these seeds names (runs of earlier settings)")

@@ -157,11 +157,13 @@ def test_cli_ship_skips_what_is_shipped_from_these_data_and_replaces_the_rest(
                     progress=False, report=lambda line: None)
     ship = ["experiments", "ship", "--scale", "ci", "--datasets", "folder", "--methods",
             "direct", "--seeds", "0"]
-    assert cli.main(ship) == 0 and "folder direct seed 0: " in capsys.readouterr().out
+    assert cli.main([*ship, "--dtype", "float32"]) == 0
+    assert "folder direct seed 0: " in capsys.readouterr().out
     assert cli.main(ship) == 0
     assert "shipped already, from these data; skipped" in capsys.readouterr().out
     sidecar_file = next((tmp_path / "weights" / "ci" / "folder").glob("direct-*.json"))
     sidecar = json.loads(sidecar_file.read_text())
+    assert sidecar["dtype"] == "float32"  # --dtype float32: no float16 check, no float16
     sidecar["data"]["split_hash"] = "other data"
     sidecar_file.write_text(json.dumps(sidecar))
     assert cli.main(ship) == 0 and "skipped" not in capsys.readouterr().out
