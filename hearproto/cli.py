@@ -159,17 +159,22 @@ def _experiments_ship(args: argparse.Namespace) -> int:
                 f"{len(sidecar['checkpoints'])} checkpoint(s)" if keep != "scores"
                 else "table rows only, no weights")
         print(f"{spec}: {kept}, {len(sidecar['scores'])} stored score(s)", flush=True)
-    if args.prune:  # runs no longer planned: earlier settings, whose names nothing asks for
-        planned = {Path(run_config(spec.method, spec.dataset, args.scale, spec.seed,
-                                   split=spec.split).out).name
-                   for spec in planned_runs(args.scale, args.datasets.split(","), METHODS,
-                                            _seeds(args))}
+    if args.prune:  # runs no longer planned (earlier settings), or shipped from other data
+        planned = {}
+        for spec in planned_runs(args.scale, args.datasets.split(","), METHODS, _seeds(args)):
+            config = run_config(spec.method, spec.dataset, args.scale, spec.seed,
+                                split=spec.split)
+            planned[Path(config.out).name] = config
         for dataset in args.datasets.split(","):
             for path in sorted((weights_dir() / args.scale / dataset).glob("*")):
-                if path.suffix in (".json", ".safetensors") and path.stem not in planned:
+                if path.suffix not in (".json", ".safetensors"):
+                    continue
+                why = ("no planned run of these settings" if path.stem not in planned else
+                       None if shipped_current(planned[path.stem]) else
+                       "shipped from other data than these")
+                if why:
                     path.unlink()
-                    print(f"removed {path.relative_to(weights_dir())}: no planned run of "
-                          "these settings", flush=True)
+                    print(f"removed {path.relative_to(weights_dir())}: {why}", flush=True)
     total = sum(p.stat().st_size for p in weights_dir().rglob("*") if p.is_file())
     print(f"{shipped} run(s) shipped; {weights_dir()} holds {total / 1e6:.1f} MB")
     return 0
@@ -715,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "clips); float16: unchecked")
     ship.add_argument("--prune", action="store_true",
                       help="remove the shipped runs of these datasets that no planned run of "
-                           "any method for these seeds names (runs of earlier settings)")
+                           "any method for these seeds names (runs of earlier settings), and "
+                           "those shipped from other data than these")
     ship.set_defaults(handler=_experiments_ship)
     return parser
 

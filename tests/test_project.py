@@ -122,7 +122,8 @@ def test_cli_status_lists_the_planned_runs(tmp_path, monkeypatch, capsys):
 
 def test_cli_ship_prunes_the_runs_no_plan_names(tmp_path, monkeypatch, capsys):
     """`experiments ship --prune` removes shipped runs of earlier settings (names no planned
-    run has) and keeps the planned ones, whatever --methods selects to ship."""
+    run has), whatever --methods selects to ship, and a planned name whose sidecar is not of
+    these data."""
     from hearproto.runner.runs import run_config
 
     monkeypatch.setenv("HEARPROTO_RUNS", str(tmp_path / "runs"))
@@ -136,7 +137,9 @@ def test_cli_ship_prunes_the_runs_no_plan_names(tmp_path, monkeypatch, capsys):
     assert cli.main(["experiments", "ship", "--scale", "ci", "--datasets", "instruments",
                      "--methods", "direct", "--seeds", "0", "--prune"]) == 0
     out = capsys.readouterr().out
-    assert sorted(p.name for p in folder.iterdir()) == [f"{planned}.json"]
+    # the planned name's sidecar is no sidecar of these data either: pruned as well
+    assert sorted(p.name for p in folder.iterdir()) == []
+    assert f"removed ci/instruments/{planned}.json: shipped from other data" in out
     assert "removed ci/instruments/apnet-seed0-00000000.json: no planned run" in out
     assert "instruments direct seed 0: not trained, skipped" in out
 
@@ -168,6 +171,13 @@ def test_cli_ship_skips_what_is_shipped_from_these_data_and_replaces_the_rest(
     sidecar_file.write_text(json.dumps(sidecar))
     assert cli.main(ship) == 0 and "skipped" not in capsys.readouterr().out
     assert json.loads(sidecar_file.read_text())["data"]["split_hash"] != "other data"
+    # --prune removes a run shipped from other data that nothing here replaces
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar["data"]["split_hash"] = "other data"
+    sidecar_file.write_text(json.dumps(sidecar))
+    assert cli.main([*ship, "--methods", "apnet", "--prune"]) == 0
+    assert "shipped from other data than these" in capsys.readouterr().out
+    assert not sidecar_file.exists()
 
 
 def test_cli_reports_bad_audio_clearly(tmp_path, capsys):

@@ -223,6 +223,8 @@ def shipped_current(config: TrainConfig | BaselineConfig) -> bool:
     if not sidecar_file.is_file():
         return False
     sidecar = json.loads(sidecar_file.read_text())
+    if not isinstance(sidecar.get("config"), dict):  # not a sidecar ship_run wrote
+        return False
     if _run_settings(sidecar["config"]) != _run_settings(asdict(config)):
         return False
     saved = (sidecar.get("data") or {}).get("split_hash")
