@@ -294,6 +294,7 @@ def test_the_shipped_runs_table_gives_each_run_its_budget_and_time(run, direct, 
 def test_default_keep():
     assert default_keep("ours-supervised", 0) == default_keep("ours-unsupervised", 0) == "all"
     assert default_keep("ours-supervised", 1) == default_keep("direct", 0) == "evaluated"
+    assert default_keep("ours-unsupervised-free", 0) == "evaluated"  # no page reads its stages
     assert default_keep("apnet", 0) == "scores"
     assert default_keep("ours-supervised", 0, "heldout-freepats") == "scores"
     with pytest.raises(ValueError, match="keep='some'"):
