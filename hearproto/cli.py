@@ -483,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hearproto.frontend import PRESETS
     from hearproto.data import DATASETS
     from hearproto.runner.catalogue import DEFAULT_DATASETS, EXPERIMENTS, SCALES
+    from hearproto.runner.runs import METHODS
     from hearproto.runner.shipped import KEEP
     from hearproto.training.config import RECIPES, BaselineConfig, TrainConfig
 
@@ -684,8 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the runs of this scale (default: full, those the book ships)")
     trainer.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), metavar="A,B",
                          help=f"default: {','.join(DEFAULT_DATASETS)}")
-    trainer.add_argument("--methods", metavar="M,N", help="default: all (ours-supervised, "
-                         "ours-unsupervised, direct, autoencoder, apnet)")
+    trainer.add_argument("--methods", metavar="M,N",
+                         help=f"default: all ({', '.join(METHODS)})")
     trainer.add_argument("--seeds", help="comma-separated (default: those behind the scale's "
                          "Tables 2 and 3; 0 for full, 0,1,2 for small and paper)")
     trainer.add_argument("--max-minutes", type=float,

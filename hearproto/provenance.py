@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
-__all__ = ["git_commit", "describe_device", "OUTPUT_PATHSPECS"]
+__all__ = ["git_commit", "describe_device", "repository_url", "OUTPUT_PATHSPECS"]
 
 #: What the runner itself writes: changes there do not make the sources dirty.
 OUTPUT_PATHSPECS = (":(top,exclude)book/*.ipynb", ":(top,exclude)results",
@@ -40,3 +41,21 @@ def describe_device(device: str | torch.device) -> str:
         return f"cuda ({torch.cuda.get_device_name(device)})"
     threads = torch.get_num_threads()
     return f"{device.type} ({platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
+
+
+#: The ``[project.urls]`` labels that name where the code lives, in order of preference.
+REPOSITORY_LABELS = ("repository", "source", "source code", "code", "homepage")
+
+
+def repository_url(distribution: str = "hearproto") -> str | None:
+    """The address of the installed package's repository, from its ``[project.urls]``
+    (``Repository``, else ``Source``, ``Code`` or ``Homepage``), or None where it names none."""
+    try:
+        entries = metadata.metadata(distribution).get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        return None
+    urls = {}
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        urls.setdefault(label.strip().lower(), url.strip())
+    return next((urls[label] for label in REPOSITORY_LABELS if urls.get(label)), None)

@@ -16,7 +16,8 @@ from hearproto.runner.confusions import (UNMAPPED, Predictions, clip_errors_of, 
                                          cluster_contingency, confusion_figure,
                                          confusion_frame, most_confused_pairs,
                                          per_class_accuracy, predictions_on_test)
-from hearproto.training import TrainConfig, evaluate_checkpoint, train
+from hearproto.training import TrainConfig, evaluate_checkpoint, load_checkpoint, train
+from hearproto.training.evaluation import clip_errors
 
 pytestmark = pytest.mark.usefixtures("data_home")
 CLASSES = ["a", "b", "c"]
@@ -26,7 +27,7 @@ def made(labels: list[str], predicted: list[str | None], prototypes=None) -> Pre
     table = pd.DataFrame({"clip": range(len(labels)), "label": labels, "predicted": predicted})
     if prototypes is not None:
         table["prototype"] = prototypes
-    return Predictions(table, None, None, CLASSES, None)
+    return Predictions(table, None, CLASSES, None)
 
 
 def test_confusion_counts_per_class_accuracy_and_the_most_confused_pairs_agree():
@@ -77,7 +78,9 @@ def test_the_predictions_of_a_checkpoint_score_as_the_tables_do(ours, tones, tmp
     scores = evaluate_checkpoint(ours, "test", "cpu")
     assert len(table) == scores["clips"]
     assert 100 * float((table["label"] == table["predicted"]).mean()) == pytest.approx(scores["OA"])
-    assert (table["prototype"] == found.errors.argmin(1)).all()  # supervised: prototype = class
+    model, _ = load_checkpoint(ours)
+    errors = clip_errors_of(model, found, range(len(table)))
+    assert (table["prototype"] == errors.argmin(1)).all()  # supervised: prototype = class
     assert (table["predicted"] == [found.classes[k] for k in table["prototype"]]).all()
     assert clip_frames(found, 0).shape == (1, *found.clips.frames(0).shape)
     direct = tmp_path / "direct"
@@ -87,7 +90,7 @@ def test_the_predictions_of_a_checkpoint_score_as_the_tables_do(ours, tones, tmp
     found = predictions_on_test(direct / "best.pt", device="cpu")
     accuracy = 100 * float((found.table["label"] == found.table["predicted"]).mean())
     assert accuracy == pytest.approx(evaluate_baseline(direct / "best.pt", "test", "cpu")["OA"])
-    assert found.errors is None and "prototype" not in found.table
+    assert "prototype" not in found.table
     assert np.isclose(per_class_accuracy({"d": found})["d"].mean(), accuracy)  # balanced split
 
 
@@ -96,7 +99,6 @@ def test_a_shipped_run_gives_its_stored_choices_and_errors_on_demand(ours, tmp_p
     without an evaluation, and clip_errors_of computes the errors of the clips asked for as
     the evaluation does."""
     from hearproto.runner.shipped import ship_run, unpack_run
-    from hearproto.training import load_checkpoint
 
     run = ours.parent
     weights = tmp_path / "weights"
@@ -107,8 +109,8 @@ def test_a_shipped_run_gives_its_stored_choices_and_errors_on_demand(ours, tmp_p
     unpack_run(copy, "ci", "folder", root=weights)
     evaluated, stored = (predictions_on_test(path, device="cpu")
                          for path in (ours, copy / "last.pt"))
-    assert stored.errors is None and evaluated.errors is not None
     pd.testing.assert_frame_equal(stored.table, evaluated.table)
     model, _ = load_checkpoint(copy / "last.pt")
-    np.testing.assert_allclose(clip_errors_of(model, stored, [0, 2]), evaluated.errors[[0, 2]],
+    np.testing.assert_allclose(clip_errors_of(model, stored, [0, 2]),  # as the scores batch them
+                               clip_errors(model, stored.clips, device="cpu").numpy()[[0, 2]],
                                rtol=1e-5, atol=1e-7)

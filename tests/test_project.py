@@ -326,3 +326,32 @@ def test_the_citation_file_cites_this_version_and_the_paper():
     assert f"title     = {{{paper['title']}}}" in entry and str(paper["year"]) in entry
     names = [f"{a['family-names']}, {a['given-names']}" for a in paper["authors"]]
     assert f"author    = {{{' and '.join(names)}}}" in entry
+
+
+def test_the_repository_address_comes_from_the_project_urls(monkeypatch):
+    """``repository_url`` prefers ``Repository`` to ``Homepage``, matches labels in any case,
+    and gives None where the package names no address (the book then names the folders)."""
+    from importlib import metadata
+
+    from hearproto import provenance
+
+    class Fake(dict):
+        def __init__(self, entries):
+            super().__init__()
+            self.entries = entries
+
+        def get_all(self, key):
+            return self.entries if key == "Project-URL" else None
+
+    def fake(entries):
+        monkeypatch.setattr(metadata, "metadata", lambda name: Fake(entries))
+
+    fake(["Homepage, https://example.org/home", "repository, https://example.org/code"])
+    assert provenance.repository_url() == "https://example.org/code"
+    fake(["Homepage, https://example.org/home", "Issues, https://example.org/issues"])
+    assert provenance.repository_url() == "https://example.org/home"
+    fake([])
+    assert provenance.repository_url() is None
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    monkeypatch.undo()
+    assert (provenance.repository_url() is None) == (not project.get("urls"))

@@ -353,3 +353,17 @@ def test_validation_reads_a_fixed_draw_of_the_training_clips(tones, tmp_path, mo
     every = Trainer(config(tones, tmp_path / "w", mode="unsupervised", epochs=1,
                            validation_train_clips=None), progress=False)
     assert every.validation_clips is every.train_clips
+
+
+def test_the_progress_bar_keeps_the_last_validation_instead_of_nan(tones, tmp_path):
+    """Epochs without validation show the last OA measured and its epoch, never ``nan``."""
+    trainer = Trainer(config(tones, tmp_path / "bar", epochs=2, stage_epochs=3, val_every=5),
+                      progress=False)
+    trainer.fit()
+    assert trainer.state.epoch == 2
+    shown = trainer.postfix()
+    assert shown["val_OA"].endswith("(epoch 1)") and "nan" not in shown["val_OA"]
+    with open(tmp_path / "bar" / "metrics.csv") as handle:  # epoch 1 validated, epoch 2 not
+        rows = list(csv.DictReader(handle))
+    assert rows[1]["val_OA"] == ""
+    assert shown["val_OA"] == f"{float(rows[0]['val_OA']):.1f} (epoch 1)"

@@ -4,7 +4,7 @@ often confused, and the contingency of our unsupervised clusters with the classe
 Results pages' figures and players).
 
 :func:`predictions_on_test` reads each test clip's choice from a shipped run's sidecar (stored
-with its scores), or scores the checkpoint's test split again.
+with its scores), or scores the checkpoint's test split as the tables do.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from hearproto.data import PreparedDataset
 from hearproto.data.dataset import ClipDataset
-from hearproto.metrics import evaluate, per_class_recall
+from hearproto.metrics import per_class_recall
 
 #: What :func:`cluster_contingency` names a cluster that no training clip chose.
 UNMAPPED = "(no training clip)"
@@ -33,13 +33,11 @@ __all__ = ["UNMAPPED", "Predictions", "predictions_on_test", "confusion_frame", 
 class Predictions:
     """Every test clip of one checkpoint: ``table`` (``clip``, its index in ``clips``;
     ``label`` and ``predicted``, class names, ``predicted`` None for a clip on a prototype
-    mapped to no class; for our model ``prototype``, the one that reconstructs it best),
-    ``errors`` ``(N, K)`` (our model evaluated here; None for a baseline and for choices
-    stored at shipping: :func:`clip_errors_of` computes those wanted), the test ``clips``,
-    ``classes`` and the ``data`` they come from."""
+    mapped to no class; for our model ``prototype``, the one that reconstructs it best), the
+    test ``clips``, ``classes`` and the ``data`` they come from. :func:`clip_errors_of` gives
+    the errors of the clips wanted."""
 
     table: pd.DataFrame
-    errors: np.ndarray | None
     clips: ClipDataset
     classes: list[str]
     data: PreparedDataset
@@ -51,54 +49,37 @@ class Predictions:
 
 
 def predictions_on_test(checkpoint: str | os.PathLike, device: str = "auto",
-                     root: str | None = None) -> Predictions:
+                        root: str | None = None) -> Predictions:
     """The test predictions of ``checkpoint``: our model (supervised: each prototype is its
     class; unsupervised: the majority class of the training clips each one reconstructs
     best) or a baseline with a classifier (Direct Classification, APNet). A checkpoint
-    unpacked from ``weights/`` gives the choices stored when it was shipped, without an
-    evaluation."""
-    from hearproto.baselines.trainer import BaselineConfig, _outputs, load_baseline
-    from hearproto.training import (TrainConfig, checkpoint_dataset, load_checkpoint,
-                                    read_checkpoint, resolve_device)
-    from hearproto.training.evaluation import clip_errors, evaluation_split, mapping_for
+    unpacked from ``weights/`` gives the choices stored when it was shipped; any other is
+    evaluated (:func:`~hearproto.training.evaluate_checkpoint`,
+    :func:`~hearproto.baselines.trainer.evaluate_baseline`, with ``per_clip``)."""
+    from hearproto.baselines.trainer import BaselineConfig, evaluate_baseline
+    from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
+                                    read_checkpoint)
+    from hearproto.training.evaluation import evaluation_split
 
     from hearproto.runner.shipped import shipped_scores
 
-    device = resolve_device(device)
     payload = read_checkpoint(checkpoint)
+    baseline = payload.get("baseline")
+    if baseline == "autoencoder":
+        raise ValueError(f"{checkpoint}: the autoencoder has no classifier to predict with")
     stored = shipped_scores(checkpoint, "test")
-    if stored is not None and stored.get("per_clip"):  # chosen when the run was shipped
-        config = (BaselineConfig if payload.get("baseline") else TrainConfig).from_dict(
-            payload["config"])
-        data = checkpoint_dataset(checkpoint, payload, config, root)
-        clips = evaluation_split(data, "test")
-        per_clip = stored["per_clip"]
-        return _predictions(clips, np.asarray(per_clip["predicted"]), per_clip.get("prototype"),
-                            None, data)
-    if payload.get("baseline"):
-        if payload["baseline"] == "autoencoder":
-            raise ValueError(f"{checkpoint}: the autoencoder has no classifier to predict with")
-        model, payload = load_baseline(checkpoint, device)
-        config = BaselineConfig.from_dict(payload["config"])
-        data = checkpoint_dataset(checkpoint, payload, config, root)
-        clips = evaluation_split(data, "test")
-        logits = _outputs(model, clips, config.eval_batch_size, device, ("logits",),
-                          payload["frames"])["logits"]
-        predicted, errors, chosen = logits.argmax(1).numpy(), None, None
-    else:
-        model, payload = load_checkpoint(checkpoint, device)
-        config = TrainConfig.from_dict(payload["config"])
-        data = checkpoint_dataset(checkpoint, payload, config, root)
-        clips = evaluation_split(data, "test")
-        train = data.split("train", crop_frames=None)
-        mapping = mapping_for(model, config.mode, train, device, config.eval_batch_size)
-        errors = clip_errors(model, clips, config.eval_batch_size, device, config.k_chunk).numpy()
-        scores = evaluate(errors, clips.labels.numpy(), mapping, clips.num_classes)
-        predicted, chosen = scores["predictions"], scores["assignments"]
-    return _predictions(clips, predicted, chosen, errors, data)
+    per_clip = (stored or {}).get("per_clip")  # chosen when the run was shipped
+    if not per_clip:
+        score = evaluate_baseline if baseline else evaluate_checkpoint
+        per_clip = score(checkpoint, "test", device, root, per_clip=True)["per_clip"]
+    config = (BaselineConfig if baseline else TrainConfig).from_dict(payload["config"])
+    data = checkpoint_dataset(checkpoint, payload, config, root)
+    clips = evaluation_split(data, "test")
+    return _predictions(clips, np.asarray(per_clip["predicted"]), per_clip.get("prototype"),
+                        data)
 
 
-def _predictions(clips: ClipDataset, predicted: np.ndarray, chosen, errors: np.ndarray | None,
+def _predictions(clips: ClipDataset, predicted: np.ndarray, chosen,
                  data: PreparedDataset) -> Predictions:
     classes = list(clips.classes)
     if len(predicted) != len(clips):
@@ -109,17 +90,14 @@ def _predictions(clips: ClipDataset, predicted: np.ndarray, chosen, errors: np.n
                           "predicted": [classes[p] if p >= 0 else None for p in predicted]})
     if chosen is not None:
         table["prototype"] = np.asarray(chosen)
-    return Predictions(table, errors, clips, classes, data)
+    return Predictions(table, clips, classes, data)
 
 
 @torch.no_grad()
 def clip_errors_of(model, predictions: Predictions, clips) -> np.ndarray:
     """The errors ``(n, K)`` of the test clips ``clips`` (indices) by every prototype of our
-    ``model``: read from ``predictions`` where it holds them, else computed, clip by clip
-    (whole clips, as the scores are)."""
+    ``model``, clip by clip (whole clips, as the scores are)."""
     clips = [int(c) for c in clips]
-    if predictions.errors is not None:
-        return predictions.errors[clips]
     model.eval()
     rows = [model.errors(clip_frames(predictions, c))[0][0].float().numpy() for c in clips]
     return np.stack(rows) if rows else np.zeros((0, model.num_prototypes))

@@ -42,7 +42,8 @@ from hearproto.runner.shipped import (ensure_unpacked, is_finished, is_unpacked,
 from hearproto.training import RECIPES, RESUMABLE, TrainConfig, train
 
 __all__ = ["METHODS", "SEEDED_METHODS", "HELDOUT_METHODS", "HELDOUT_SPLITS", "scale_methods", "SCALE_SETTINGS", "RunSpec", "default_runs_dir",
-           "planned_runs", "run_config", "settings_digest", "ensure_run", "shipped_current",
+           "planned_runs", "run_config", "settings_digest", "holds_clusters", "ensure_run", "shipped_current", "trained_here", "uses_shipped",
+           "unpack_shipped",
            "stage_checkpoint",
            "train_runs", "runs_status"]
 
@@ -143,14 +144,20 @@ def planned_runs(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: boo
     return runs
 
 
+def holds_clusters(scale: str) -> bool:
+    """Whether our unsupervised run at ``scale`` holds its clusters in some stage (our
+    recipe's cluster labels as targets) rather than assigning freely throughout (the paper's
+    Eq. 7): the scale's ``held_stages``, else its recipe's."""
+    ours = SCALE_SETTINGS[scale]["ours"]
+    return bool(ours.get("held_stages", RECIPES[ours.get("recipe", "default")]["held_stages"]))
+
+
 def scale_methods(scale: str) -> tuple[str, ...]:
     """The methods trained at ``scale``: all of :data:`METHODS`, less the free assignment
-    where the scale's recipe already assigns freely (the ``paper`` scale: its unsupervised
-    run is the paper's)."""
-    recipe = SCALE_SETTINGS[scale]["ours"].get("recipe", "default")
-    free_already = not SCALE_SETTINGS[scale]["ours"].get(
-        "held_stages", RECIPES[recipe]["held_stages"])
-    return tuple(m for m in METHODS if not (free_already and m == "ours-unsupervised-free"))
+    where the scale's unsupervised run already assigns freely (the ``paper`` scale: its
+    unsupervised run is the paper's)."""
+    return tuple(m for m in METHODS
+                 if holds_clusters(scale) or m != "ours-unsupervised-free")
 
 
 def run_config(method: str, dataset: str, scale: str, seed: int = 0, root: str | None = None,
@@ -232,17 +239,39 @@ def shipped_current(config: TrainConfig | BaselineConfig) -> bool:
                                 config.n_speakers, config.preset, config.split)
 
 
+def trained_here(out: str | os.PathLike) -> bool:
+    """Whether the run folder ``out`` holds a run trained on this machine (its ``last.pt``),
+    rather than one unpacked from ``weights/``."""
+    out = Path(out)
+    return (out / "last.pt").is_file() and not is_unpacked(out)
+
+
+def uses_shipped(config: TrainConfig | BaselineConfig) -> bool:
+    """Whether ``config``'s run comes from ``weights/`` instead of being trained: nothing was
+    trained in its folder here, ``HEARPROTO_RETRAIN=1`` is not set, and ``weights/`` ships it
+    from these settings and data (:func:`shipped_current`)."""
+    return (not trained_here(config.out) and not retraining()
+            and shipped_current(config))
+
+
+def unpack_shipped(config: TrainConfig | BaselineConfig) -> Path | None:
+    """``config``'s run folder, unpacked from ``weights/``, where :func:`uses_shipped`; else
+    None."""
+    if not uses_shipped(config):
+        return None
+    out = Path(config.out)
+    ensure_unpacked(out, out.parent.parent.name, config.dataset)  # runs_dir/SCALE/DATASET/RUN
+    return out
+
+
 def ensure_run(config: TrainConfig | BaselineConfig, progress: bool = True) -> Path:
     """Train ``config`` unless its run directory already holds the finished run (an
     unfinished one resumes) or ``weights/`` ships it from these settings and data
     (:func:`shipped_current`; it is unpacked there, unless ``HEARPROTO_RETRAIN=1``); returns
     the run directory."""
     out = Path(config.out)
-    scale = out.parent.parent.name  # runs_dir/SCALE/DATASET/RUN (run_config)
-    trained_here = (out / "last.pt").is_file() and not is_unpacked(out)
-    if not trained_here and not retraining() and shipped_current(config):
-        ensure_unpacked(out, scale, config.dataset)
-        return out
+    if (shipped := unpack_shipped(config)) is not None:
+        return shipped
     if is_unpacked(out):  # shipped from other data, or retraining
         shutil.rmtree(out)
     if isinstance(config, BaselineConfig):
@@ -301,8 +330,7 @@ def train_runs(scale: str, datasets, methods=METHODS, seeds=(0,), max_minutes: f
                               "stop_reason": "not started (budget spent)"})
             report(f"{name}: not started, the budget is spent")
             continue
-        trained_here = (Path(config.out) / "last.pt").is_file() and not is_unpacked(config.out)
-        if not trained_here and not retraining() and shipped_current(config):
+        if uses_shipped(config):
             summaries.append({"run": name, "out": config.out, "done": True,
                               "stop_reason": "shipped in weights/"})
             report(f"{name}: weights/ ships it, trained on these data; not trained again "
@@ -344,12 +372,11 @@ def runs_status(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool
         out = Path(config.out)
         row = {"run": str(spec), "state": "not started", "epochs": 0, "minutes": 0.0,
                "stop reason": "", "folder": str(out)}
-        trained_here = (out / "last.pt").is_file() and not is_unpacked(out)
-        if not trained_here and shipped_current(config):
+        if uses_shipped(config):
             row["state"] = "shipped in weights/"
         elif is_unpacked(out):
             row["state"] = "unpacked, shipped from other data"
-        elif trained_here:
+        elif trained_here(out):
             state = read_checkpoint(out / "last.pt")["state"]
             row.update(epochs=state["epoch"], minutes=round(state["elapsed_seconds"] / 60, 1),
                        **{"stop reason": state.get("stop_reason") or ""})

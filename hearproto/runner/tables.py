@@ -36,15 +36,14 @@ from hearproto.runner.paper import (PAPER_DATASET, PAPERS_UNSUPERVISED, STAGE_LA
 from hearproto.provenance import describe_device, git_commit
 from hearproto.runner.results import RESULT_COLUMNS, result_row, write_table
 from hearproto.runner.runs import (HELDOUT_METHODS, HELDOUT_SPLITS, SCALE_SETTINGS,
-                                   SEEDED_METHODS, RunSpec, ensure_run, run_config,
-                                   scale_methods, shipped_current, stage_checkpoint)
-from hearproto.runner.shipped import (ensure_unpacked, is_finished, is_unpacked, retraining,
-                                      shipped_scores)
+                                   SEEDED_METHODS, RunSpec, ensure_run, holds_clusters,
+                                   run_config, scale_methods, stage_checkpoint, unpack_shipped)
+from hearproto.runner.shipped import is_finished, is_unpacked, shipped_scores
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
 from hearproto.data.splits import heldout_source
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
                                 read_checkpoint, resolve_device, stages_for)
-from hearproto.training.config import RECIPES, RunConfig
+from hearproto.training.config import RunConfig
 
 __all__ = ["HEADLINE_SEEDS", "HEADLINE_UNSEEN", "READ_ONLY_SCALES", "FLOORS", "PAPERS_UNSUPERVISED", "departures", "UNSEEN", "data_splits", "unseen_splits", "headline_note", "headline_table", "headline_view",
            "with_spread", "evaluate_rows", "table1", "table1_note", "table2", "table3",
@@ -87,7 +86,7 @@ def departures(scale: str) -> dict[str, str]:
 
     settings = SCALE_SETTINGS[scale]
     recipe = settings["ours"].get("recipe", "default")
-    held = RECIPES[recipe]["held_stages"]
+    held = holds_clusters(scale)
 
     def budget(method: str) -> str:
         steps = settings[method].get("steps")
@@ -171,27 +170,21 @@ def _paper_columns(dataset: str) -> str | None:
     return f"paper {PAPER_DATASET[dataset]}" if dataset in PAPER_DATASET else None
 
 
-def _existing_run(config: TrainConfig, scale: str) -> Path | None:
+def _existing_run(config: TrainConfig) -> Path | None:
     """``config``'s run folder if it is on disk or ``weights/`` ships it; never trains."""
     out = Path(config.out)
     if (out / "stages").is_dir() and not is_unpacked(out):
         return out
-    if not retraining() and shipped_current(config):
-        ensure_unpacked(out, scale, config.dataset)
-        return out
-    return None
+    return unpack_shipped(config)
 
 
-def _finished_run(config: TrainConfig | BaselineConfig, scale: str) -> Path | None:
+def _finished_run(config: TrainConfig | BaselineConfig) -> Path | None:
     """``config``'s run folder if it holds the finished run trained here or ``weights/``
     ships it from these data (it is unpacked); never trains."""
     out = Path(config.out)
     if is_finished(out) and not is_unpacked(out):
         return out
-    if not retraining() and shipped_current(config):
-        ensure_unpacked(out, scale, config.dataset)
-        return out
-    return None
+    return unpack_shipped(config)
 
 
 def table1(dataset: str, scale: str, seed: int = 0, root: str | None = None,
@@ -215,7 +208,7 @@ def table1(dataset: str, scale: str, seed: int = 0, root: str | None = None,
         entries += [(stage_checkpoint(run, stage), {"method": f"ours {mode}"}) for stage in stages]
         for other in others:
             found = _existing_run(run_config(f"ours-{mode}", dataset, scale, other, root, device,
-                                             runs_dir, n_speakers), scale)
+                                             runs_dir, n_speakers))
             if found is None:
                 continue
             checkpoints = [found / "stages" / f"{stage}.pt" for stage in stages]
@@ -312,7 +305,7 @@ def _clustering_or_classification(methods: dict[str, str], clustering: bool, dat
             config = run_config(method, dataset, scale, seed, root, device, runs_dir,
                                 n_speakers, split=split)
             if scale in READ_ONLY_SCALES:
-                run = _finished_run(config, scale)
+                run = _finished_run(config)
                 if run is None:
                     missing.append(str(RunSpec(method, dataset, seed, split)))
                     continue

@@ -122,6 +122,7 @@ class Trainer(RunLoop):
         self._counts = torch.zeros(k, dtype=torch.int64, device=self.device)
         self._ce_weight = torch.zeros((), device=self.device)
         self._ce_weight_now: float | Tensor = 0.0  # this step's cross-entropy weight
+        self._last_val_oa: tuple[int, float] | None = None  # (epoch, OA): the progress bar's
         self._graphed = GraphedStep(self._step, self.device,
                                     graph_type=self.graph_type if config.cuda_graphs else None)
         if config.cuda_graphs and not self._graphed.enabled:
@@ -373,6 +374,8 @@ class Trainer(RunLoop):
         self._stage_ends = self._stage_over()
         self._validated = self._stage_ends or state.epoch % c.val_every == 0 or state.epoch == 1
         self._val = self._validate() if self._validated else {}
+        if "OA" in self._val:
+            self._last_val_oa = (state.epoch, self._val["OA"])
         if self._loss < state.best_loss * (1 - 1e-4):
             state.best_loss, state.stale_epochs = self._loss, 0
         else:
@@ -390,8 +393,13 @@ class Trainer(RunLoop):
         return min(c.epochs, sum(-(-n // self.steps_per_epoch) for n in steps if n))
 
     def postfix(self) -> dict:
-        return {"stage": self.stages[self.state.stage], "loss": f"{self._loss:.4f}",
-                "val_OA": f"{self._val.get('OA', float('nan')):.1f}"}
+        """Stage, loss, and the last validation OA measured (with its epoch where validation
+        skipped this one; none before the first)."""
+        shown = {"stage": self.stages[self.state.stage], "loss": f"{self._loss:.4f}"}
+        if self._last_val_oa is not None:
+            epoch, oa = self._last_val_oa
+            shown["val_OA"] = f"{oa:.1f}" + ("" if epoch == self.state.epoch else f" (epoch {epoch})")
+        return shown
 
     def after_epoch(self) -> None:
         c, state = self.config, self.state
