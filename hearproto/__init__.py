@@ -19,6 +19,9 @@ _HOMES = {
     "mel_to_audio": "hearproto.audio",
     "prototype_to_audio": "hearproto.audio",
     "save_audio": "hearproto.audio",
+    "identify": "hearproto.identification",
+    "explain": "hearproto.identification",
+    "Identification": "hearproto.identification",
 }
 
 __all__ = [*_HOMES, "__version__"]

@@ -21,6 +21,7 @@ from hearproto.frontend import FrontEnd, inverse_log_scale, resolve_frontend
 __all__ = [
     "AUDIO_EXTENSIONS",
     "load_audio",
+    "file_sample_rate",
     "quantisation_step",
     "save_audio",
     "mel_to_linear_power",
@@ -65,6 +66,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     if file_rate != sample_rate:
         mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def file_sample_rate(path: str | os.PathLike) -> int | None:
+    """The sample rate ``path`` was recorded at, read from its header (None: unreadable)."""
+    try:
+        return int(sf.info(str(path)).samplerate)
+    except Exception:  # libsndfile raises several types for non-audio input
+        return None
 
 
 def _libsndfile_reason(err: Exception) -> str:

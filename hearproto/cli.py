@@ -193,9 +193,22 @@ def _prepare(args: argparse.Namespace):
 
 
 def _skipped(info: dict) -> str:
-    """"3 file(s) skipped (1 too short, 2 unreadable)"."""
+    """"3 file(s) skipped (1 too short, 2 unreadable), 40 short clip(s) extended"."""
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(info["skipped_by_kind"].items()))
-    return f"{info['skipped']} file(s) skipped" + (f" ({kinds})" if kinds else "")
+    extended = info.get("extended", 0)
+    return (f"{info['skipped']} file(s) skipped" + (f" ({kinds})" if kinds else "")
+            + (f", {extended} short clip(s) extended" if extended else ""))
+
+
+def _extended_line(info: dict) -> str:
+    """What was done to the clips shorter than the encoder's frames, if any: one line."""
+    from hearproto.data.cache import ENCODER_FRAMES
+
+    if not info.get("extended"):
+        return ""
+    return (f"  short:    {info['extended']} clip(s) under {ENCODER_FRAMES} frames "
+            f"({1000 * (ENCODER_FRAMES - 1) * info['hop_length'] / info['sample_rate']:.0f} ms) "
+            "extended by repeating them from their start\n")
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
@@ -207,7 +220,7 @@ def _data_prepare(args: argparse.Namespace) -> int:
     print(f"{info['name']}: {info['classes']} classes, {info['clips']} clips ({splits}) at "
           f"{info['sample_rate']} Hz, {_skipped(info)}, ready in {time.perf_counter() - start:.1f} s")
     print(f"  data:     {info['root']}\n  split:    {info['split_csv']}\n"
-          f"  features: {info['feature_cache']}")
+          f"{_extended_line(info)}  features: {info['feature_cache']}")
     return 0
 
 
@@ -367,6 +380,63 @@ def _check_seconds(seconds: float) -> None:
 MIN_SECONDS, MAX_SECONDS = 0.1, 60.0
 
 
+def _identify(args: argparse.Namespace) -> int:
+    """Each file's top prototypes (a table, or JSON), and its explanation with --explain. A
+    bad file is one line on stderr; the others go on (exit status 2 if any failed)."""
+    import json
+
+    from hearproto.errors import AudioError
+    from hearproto.identification import explain, identify, load_model
+
+    model, payload, label = load_model(args.model, args.device)
+    payload = {**payload, "name": label}
+    found, failed = [], 0
+    for file in args.files:
+        try:
+            result = identify(file, model, top=args.top, device=args.device, payload=payload)
+            if args.explain:
+                folder = (Path(args.explain) if len(args.files) == 1
+                          else Path(args.explain) / Path(file).stem)
+                explain(file, folder, model, device=args.device, force=args.force,
+                        payload=payload)
+        except (AudioError, FileNotFoundError, FileExistsError) as err:
+            print(f"hearproto: error: {' '.join(str(err).split())}", file=sys.stderr)
+            failed += 1
+            continue
+        found.append(result)
+        if not args.json:
+            print(_identification_text(result)
+                  + (f"\n  explained in {folder}/ (explain.json lists the files)"
+                     if args.explain else ""))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in found], indent=1, allow_nan=False))
+    return 2 if failed else 0
+
+
+def _identification_text(result) -> str:
+    """One file's identification as lines: the clip, the summary table, the windows."""
+    import pandas as pd
+
+    heard = (f"{result.seconds:.2f} s, {result.frames} frames"
+             + (", extended by repetition to the encoder's 16" if result.extended else ""))
+    lines = [f"{result.source} ({heard}); {result.model}, {result.mode}"]
+    summary = pd.DataFrame([{"rank": c.rank, "prototype": c.prototype, "name": c.name,
+                             "L_rec": f"{c.L_rec:.3f}",
+                             **({"probability": f"{c.probability:.3f}"}
+                                if c.probability is not None else {})}
+                            for c in result.summary])
+    lines += ["  " + line for line in summary.to_string(index=False).splitlines()]
+    if len(result.windows) > 1:
+        lines.append(f"  {len(result.windows)} windows of {result.crop_frames} frames, each "
+                     "one's best:")
+        for window in result.windows:
+            best = window.candidates[0]
+            chance = "" if best.probability is None else f", p {best.probability:.2f}"
+            lines.append(f"    {window.start_s:7.2f}-{window.stop_s:7.2f} s  {best.name} "
+                         f"(L_rec {best.L_rec:.3f}{chance})")
+    return "\n".join(lines)
+
+
 def _play_apnet(args: argparse.Namespace) -> int:
     from hearproto.audio import mel_to_audio, save_audio
     from hearproto.baselines.trainer import apnet_prototype_logmels
@@ -473,7 +543,8 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="librispeech: keep the K speakers with the most audio, or 'all' "
                         "(default: 128, as the paper)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="front end (default: the dataset's; folder: instruments)")
+                        help="front end (default: the dataset's; folder, sol, librispeech: the one "
+                             "the files' sample rate calls for, speakers at or below 24 kHz)")
     parser.add_argument("--cache-dir", help="feature cache folder")
     parser.add_argument("--splits-csv", help="read/write the train/val/test split here")
     parser.add_argument("--split", default="random", help=SPLIT_HELP)
@@ -568,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-speakers", default="128", metavar="K",
                        help="librispeech: the K speakers with the most audio, or 'all'")
     train.add_argument("--preset", choices=sorted(PRESETS),
-                       help="front end (default: the dataset's; folder: instruments)")
+                       help="front end (default: the dataset's; folder, sol, librispeech: the one "
+                             "the files' sample rate calls for, speakers at or below 24 kHz)")
     train.add_argument("--no-compile", action="store_true",
                        help="eager mode instead of the torch.compile'd error")
     train.add_argument("--override", action="append", default=[], metavar="SETTING",
@@ -591,6 +663,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also append the scores, with their provenance (commit, device, "
                                "training time, config), as a row of this CSV table")
     evaluate.set_defaults(handler=_evaluate)
+
+    identify = commands.add_parser(
+        "identify", help="which prototype each sound file is, and (--explain) why")
+    identify.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ...)")
+    identify.add_argument("--model", default="instruments", metavar="NAME|CHECKPOINT",
+                          help="a shipped model (instruments, speakers, instruments-unsupervised, "
+                               "speakers-unsupervised) or a run's last.pt or folder (default: "
+                               "instruments)")
+    identify.add_argument("--top", type=int, default=3, help="prototypes listed (default: 3)")
+    identify.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    identify.add_argument("--explain", metavar="DIR",
+                          help="write the sounds and the figure of the best prototype and the "
+                               "runner-up here (one subfolder per file when there are several)")
+    identify.add_argument("--force", action="store_true",
+                          help="--explain: replace what the folder holds")
+    identify.add_argument("--device", default="cpu")
+    identify.set_defaults(handler=_identify)
 
     play = commands.add_parser("play", help="write a prototype (ours or APNet's) as sound")
     play.add_argument("--checkpoint", required=True)

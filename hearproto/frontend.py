@@ -17,8 +17,8 @@ from torch import nn
 from hearproto.errors import AudioError
 from hearproto.melscale import band_edges
 
-__all__ = ["FrontEnd", "LogMel", "PRESETS", "log_scale", "inverse_log_scale", "mel_power",
-           "resolve_frontend"]
+__all__ = ["FrontEnd", "LogMel", "PRESETS", "SPEAKERS_MAX_RATE", "log_scale",
+           "inverse_log_scale", "mel_power", "preset_for_rate", "resolve_frontend"]
 
 LOG_EPS = 1e-10
 LOG_OFFSET = 10.0
@@ -84,6 +84,15 @@ PRESETS: dict[str, FrontEnd] = {
     "instruments": FrontEnd(sample_rate=44_100, n_fft=2048, hop_length=512),
     "speakers": FrontEnd(sample_rate=16_000, n_fft=1024, hop_length=512),
 }
+
+#: Files at or below this sample rate are heard with the ``speakers`` front end (16 kHz),
+#: above it with ``instruments`` (44.1 kHz), when no preset is given for a local dataset.
+SPEAKERS_MAX_RATE = 24_000
+
+
+def preset_for_rate(sample_rate: float) -> str:
+    """The preset for files recorded at ``sample_rate`` Hz (:data:`SPEAKERS_MAX_RATE`)."""
+    return "speakers" if sample_rate <= SPEAKERS_MAX_RATE else "instruments"
 
 
 # --------------------------------------------------------------------------------------------

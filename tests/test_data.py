@@ -486,3 +486,40 @@ def test_a_subset_is_a_fixed_draw_in_the_datasets_order(tmp_path):
     assert subset(clips, None, seed=0) is clips and subset(clips, 10_000, seed=0) is clips
     for i in range(5):
         assert np.array_equal(part.frames(i), clips.frames(clips.paths.index(part.paths[i])))
+
+
+@pytest.mark.parametrize("rate, preset", [(8_000, "speakers"), (16_000, "speakers"),
+                                          (44_100, "instruments")])
+def test_a_local_dataset_without_a_preset_is_heard_at_its_files_rate(tmp_path, capsys, rate,
+                                                                        preset):
+    """No --preset: the front end follows the files' sample rate (speakers at or below 24 kHz,
+    instruments above), one line says so, and the choice is in the data's info and in what a
+    checkpoint records of its data."""
+    from hearproto.training.checkpoints import data_provenance
+
+    root = tmp_path / f"at{rate}"
+    for label, f0 in (("low", 200.0), ("high", 1200.0)):
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            sf.write(root / label / f"{i}.wav", tone(f0, 0.6, rate), rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not resampled up by more than 2x: no warning
+        data = prepare_dataset("folder", root=root, progress=True)
+    said = capsys.readouterr().err
+    assert data.frontend == PRESETS[preset]
+    line = next(line for line in said.splitlines() if "front end" in line)
+    assert f"the {preset} front end" in line and f"{rate} Hz, the median of 10 file(s)" in line
+    assert data.info()["frontend_choice"] == line
+    assert data_provenance(data)["frontend_choice"] == line
+    given = prepare_dataset("folder", root=root, frontend="speakers", progress=True)
+    assert given.frontend_choice is None and "front end" not in capsys.readouterr().err
+
+
+def test_files_resampled_up_more_than_twice_are_warned_of(tmp_path):
+    root = tmp_path / "narrow"
+    for label, f0 in (("low", 200.0), ("high", 1200.0)):
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            sf.write(root / label / f"{i}.wav", tone(f0, 0.6, 8_000), 8_000)
+    with pytest.warns(UserWarning, match=r"at 8000 Hz.*44100 Hz \(5\.5x\).*above 4000 Hz"):
+        prepare_dataset("folder", root=root, frontend="instruments", progress=False)

@@ -27,7 +27,7 @@ import torch
 from conftest import ROOT, SR, harmonic, write_tones
 from hearproto import cli
 from hearproto.data import prepare_dataset
-from hearproto.data.cache import MIN_FRAMES
+from hearproto.data.cache import ENCODER_FRAMES, MIN_FRAMES
 from hearproto.errors import DatasetError, RunLocked, TrainingDiverged
 from hearproto.files import OWNER_FILE
 from hearproto.training import TrainConfig, load_checkpoint, train
@@ -294,27 +294,38 @@ def test_numeric_class_names_play_the_class_named(tmp_path, capsys):
     assert "--class '4' is not a class of this model (1, 2, 3)" in refusal(capsys)
 
 
-def test_too_short_clips_are_skipped_and_counted(tmp_path, capsys):
+def test_clips_without_two_frames_are_skipped_and_short_ones_extended(tmp_path, capsys):
+    """Under MIN_FRAMES frames a file is skipped and counted; from MIN_FRAMES to 15 frames it
+    is kept, stored extended to ENCODER_FRAMES by repeating it from its start, and counted."""
     root = write_tones(tmp_path / "short")
     rng = np.random.default_rng(1)
     sf.write(root / "low" / "ten_ms.wav", harmonic(150.0, 0.01, rng), SR)
     sf.write(root / "mid" / "one_sample.wav", harmonic(600.0, 0.6, rng)[:1], SR)
     whole = root / "high" / "0.wav"
     (root / "high" / "truncated.wav").write_bytes(whole.read_bytes()[:44 + 2 * 8])  # 8 samples
-    # the shortest clip kept: MIN_FRAMES frames exactly
+    # the shortest clip kept: MIN_FRAMES frames exactly; and one of 5 frames
     sf.write(root / "high" / "just_long_enough.wav",
              harmonic(2400.0, 1.0, rng)[:(MIN_FRAMES - 1) * 512], SR)
+    sf.write(root / "high" / "five_frames.wav", harmonic(2400.0, 1.0, rng)[:4 * 512], SR)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = prepare_dataset("folder", root=root, frontend="speakers", progress=False)
     message = next(str(w.message) for w in caught if "unusable" in str(w.message))
     for name in ("ten_ms.wav", "one_sample.wav", "truncated.wav"):
         assert f"{name} (too short" in message
-    assert "just_long_enough" not in message
-    assert data.table["frames"].min() == MIN_FRAMES
+    assert "just_long_enough" not in message and "five_frames" not in message
+    assert data.table["frames"].min() == ENCODER_FRAMES
     assert data.info()["skipped_by_kind"] == {"too short": 3}
+    assert data.info()["extended"] == 2
+    five = data.table.index[data.table["path"] == "high/five_frames.wav"][0]
+    frames = np.asarray(data.store.clip(five))
+    np.testing.assert_array_equal(frames[5:10], frames[:5])  # repeated from its start
+    assert frames.shape[0] == ENCODER_FRAMES
     assert cli.main(["data", "info", "folder", "--root", str(root), "--preset", "speakers"]) == 0
-    assert "3 file(s) skipped (3 too short)" in capsys.readouterr().out
+    assert "3 file(s) skipped (3 too short), 2 short clip(s) extended" in capsys.readouterr().out
+    assert cli.main(["data", "prepare", "folder", "--root", str(root), "--preset",
+                     "speakers"]) == 0
+    assert "2 clip(s) under 16 frames (480 ms) extended" in capsys.readouterr().out
 
 
 def test_silence_is_judged_at_the_file_bit_depth(tmp_path):

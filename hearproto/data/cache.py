@@ -28,14 +28,27 @@ from hearproto.files import publish_folder, remove_stale_temporaries, temporary_
 from hearproto.frontend import FrontEnd, LogMel
 
 __all__ = ["FeatureStore", "cache_key", "load_or_compute_features", "silence_threshold",
-           "SILENCE_RMS", "MIN_FRAMES"]
+           "extend_frames", "SILENCE_RMS", "MIN_FRAMES", "ENCODER_FRAMES"]
 
-FEATURE_VERSION = 2  # 2: too-short clips and silence at the file's bit depth are skipped
+# 2: too-short clips and silence at the file's bit depth are skipped; 3: clips of 2-15 frames
+# are kept, extended to 16
+FEATURE_VERSION = 3
 #: A clip whose RMS is below this (-100 dBFS) is silent and skipped (integer PCM files:
 #: below their quantisation noise, :func:`silence_threshold`).
 SILENCE_RMS = 1e-5
-#: A clip shorter than this many frames is skipped: the encoder halves time four times.
-MIN_FRAMES = 16
+#: A clip shorter than this many frames carries no sound worth a frame of its own: skipped.
+MIN_FRAMES = 2
+#: The encoder halves time four times: a clip shorter than this many frames is extended to it
+#: by repeating it from its start, as training tiles clips shorter than its crops.
+ENCODER_FRAMES = 16
+
+
+def extend_frames(frames: np.ndarray, length: int = ENCODER_FRAMES) -> np.ndarray:
+    """``frames`` ``(T, F)``, repeated from their start up to ``length`` frames where ``T`` is
+    shorter; unchanged otherwise."""
+    if frames.shape[0] >= length:
+        return frames
+    return np.tile(frames, (-(-length // frames.shape[0]), 1))[:length]
 
 
 @dataclass
@@ -47,6 +60,7 @@ class FeatureStore:
     features: np.ndarray  # memory map, (total_frames, F)
     skipped: list[dict] = field(default_factory=list)  # {"path", "kind", "reason"}
     computed: bool = False  # True when this call did the feature work
+    extended: int = 0  # clips shorter than ENCODER_FRAMES, stored extended to it
 
     def clip(self, row: int) -> np.ndarray:
         """Frames of clip ``row`` of the index. ``(T, F)``, a view of the memory map."""
@@ -76,7 +90,8 @@ def load_or_compute_features(
     entry with the same key exists, else computed (with a progress bar) and cached.
 
     Unreadable, empty, non-finite, too short (under :data:`MIN_FRAMES` frames) or silent
-    files are skipped; one warning lists them. No usable file at all is a
+    files are skipped; one warning lists them. Clips shorter than :data:`ENCODER_FRAMES` are
+    stored extended to it (:func:`extend_frames`). No usable file at all is a
     :class:`~hearproto.errors.DatasetError`.
     """
     root, cache_dir = Path(root), Path(cache_dir)
@@ -99,7 +114,7 @@ def load_or_compute_features(
     index = pd.read_csv(directory / "index.csv", dtype={"path": str, "label": str})
     features = np.memmap(directory / "features.f32", dtype=np.float32, mode="r",
                          shape=(meta["total_frames"], meta["n_mels"]))
-    return FeatureStore(directory, index, features, skipped, computed)
+    return FeatureStore(directory, index, features, skipped, computed, meta.get("extended", 0))
 
 
 def _compute(directory: Path, root: Path, table: pd.DataFrame, frontend: FrontEnd,
@@ -108,7 +123,7 @@ def _compute(directory: Path, root: Path, table: pd.DataFrame, frontend: FrontEn
     with temporary_folder(directory.parent, f"{tag}-") as tmp:
         logmel = LogMel.from_frontend(frontend)
         shortest = (MIN_FRAMES - 1) * frontend.hop_length  # samples: num_frames() is MIN_FRAMES
-        rows, skipped, start = [], [], 0
+        rows, skipped, start, extended = [], [], 0, 0
         ordered = table.sort_values("path").reset_index(drop=True)
         with open(tmp / "features.f32", "wb") as out, torch.no_grad():
             for path, label in tqdm(zip(ordered["path"], ordered["label"]), total=len(ordered),
@@ -133,6 +148,8 @@ def _compute(directory: Path, root: Path, table: pd.DataFrame, frontend: FrontEn
                                     f"{floor:.1e})"})
                     continue
                 frames = logmel(torch.from_numpy(wave)).numpy()
+                if frames.shape[0] < ENCODER_FRAMES:
+                    frames, extended = extend_frames(frames), extended + 1
                 out.write(np.ascontiguousarray(frames, dtype=np.float32).tobytes())
                 rows.append({"path": path, "label": label, "start": start,
                              "frames": frames.shape[0]})
@@ -141,7 +158,7 @@ def _compute(directory: Path, root: Path, table: pd.DataFrame, frontend: FrontEn
             tmp / "index.csv", index=False)
         meta = {"version": FEATURE_VERSION, "frontend": frontend.to_dict(),
                 "total_frames": start, "n_mels": frontend.n_mels, "clips": len(rows),
-                "skipped": skipped, "root": str(root)}
+                "extended": extended, "skipped": skipped, "root": str(root)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             publish_folder(tmp, directory)

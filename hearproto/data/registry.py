@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from hearproto.errors import DatasetError
 from hearproto.files import (data_home, publish_folder, remove_stale_temporaries,
                              temporary_folder)
-from hearproto.frontend import FrontEnd, resolve_frontend
+from hearproto.audio import file_sample_rate
+from hearproto.frontend import SPEAKERS_MAX_RATE, FrontEnd, preset_for_rate, resolve_frontend
 from hearproto.data.cache import FeatureStore, load_or_compute_features
 from hearproto.data.dataset import ClipDataset
 from hearproto.data.splits import (RANDOM, SPLITS, heldout_source, load_or_make_splits,
@@ -184,6 +187,7 @@ class PreparedDataset:
     crop_frames: int
     split_name: str = RANDOM  # how the clips were split: random, or heldout-SOURCE
     sources: dict = field(default_factory=dict)  # what rendered a built-in dataset
+    frontend_choice: str | None = None  # why this front end, where it was chosen from the files
 
     def split(self, split: str | None = "train", crop_frames: int | None | str = "auto") -> ClipDataset:
         """The clips of ``split`` (``train``, ``val``, ``test`` or None for all).
@@ -204,15 +208,18 @@ class PreparedDataset:
             "clips": len(self.table),
             "splits": {s: int(counts.get(s, 0)) for s in SPLITS},
             "sample_rate": self.frontend.sample_rate,
+            "hop_length": self.frontend.hop_length,
             "class_names": self.classes,
             "root": str(self.root),
             "skipped": len(self.store.skipped),
             "skipped_by_kind": dict(Counter(s["kind"] for s in self.store.skipped)),
+            "extended": self.store.extended,
             "split": self.split_name,
             "split_csv": str(self.splits_csv),
             "split_hash": split_hash(self.table),
             "feature_cache": str(self.store.directory),
             "frames": int(self.table["frames"].sum()),
+            **({"frontend_choice": self.frontend_choice} if self.frontend_choice else {}),
             **self.sources,
         }
 
@@ -237,7 +244,8 @@ def prepare_dataset(
     ``limit_per_class`` caps the clips per class (built-ins: generated that size; others: the
     first files of each class by split order); ``n_speakers`` is LibriSpeech's top-k by
     duration (None: all); ``frontend`` overrides the dataset's front-end preset (a
-    :class:`FrontEnd` or a preset name); ``download`` fetches a LibriSpeech subset first;
+    :class:`FrontEnd` or a preset name; None: a built-in's own, a local copy's from its files'
+    sample rate, said in one line on stderr with ``progress``); ``download`` fetches a LibriSpeech subset first;
     ``splits_csv`` reads (or writes) the split from (to) that file, to repeat a split exactly
     elsewhere; ``split`` is ``random`` (70/10/20 per class) or ``heldout-SOURCE`` (test on
     every clip of one source, :func:`~hearproto.data.splits.assign_heldout_splits`). Built-in
@@ -246,7 +254,8 @@ def prepare_dataset(
     """
     heldout_source(split)  # an unknown split fails before any work
     spec = _spec(name)
-    frontend = resolve_frontend(frontend or spec.preset)
+    given = frontend
+    frontend = resolve_frontend(frontend or spec.preset)  # an unknown preset fails here
     if limit_per_class is not None and limit_per_class < 1:
         raise ValueError(f"limit_per_class must be positive, got {limit_per_class}")
     cache_dir = Path(cache_dir) if cache_dir is not None else data_home() / "features"
@@ -277,6 +286,11 @@ def prepare_dataset(
             table = _limit_per_class(table, limit_per_class, seed)
             tag += f"-limit{limit_per_class}"
 
+    choice = None
+    if not spec.builtin:
+        frontend, choice = _frontend_for_files(name, root, table, frontend, given is None)
+        if choice and progress:
+            print(choice, file=sys.stderr, flush=True)
     store = load_or_compute_features(tag, root, table, frontend, cache_dir, progress)
     usable = store.index
     described = [c for c in SOURCE_COLUMNS if c in table]
@@ -300,7 +314,38 @@ def prepare_dataset(
         marker = json.loads((root / GENERATOR_MARKER).read_text())
         sources = {k: marker[k] for k in ("banks",) if k in marker}
     return PreparedDataset(name, root, frontend, usable, classes, store, splits_csv,
-                           spec.crop_frames, split, sources)
+                           spec.crop_frames, split, sources, choice)
+
+
+def _frontend_for_files(name: str, root: Path, table: pd.DataFrame, frontend: FrontEnd,
+                        choose: bool, count: int = 64) -> tuple[FrontEnd, str | None]:
+    """The front end for a local dataset's files, read from up to ``count`` file headers
+    spread over ``table``: with ``choose``, the preset for their median sample rate
+    (:func:`~hearproto.frontend.preset_for_rate`) and the line that says why; else
+    ``frontend`` as given. Warns when it resamples the files up by more than 2x."""
+    paths = sorted(table["path"])
+    picked = sorted({paths[round(i)] for i in np.linspace(0, len(paths) - 1,
+                                                            min(count, len(paths)))})
+    rates = [r for r in (file_sample_rate(root / p) for p in picked) if r]
+    if not rates:
+        return frontend, None  # no readable header: the features step names the bad files
+    rate = int(np.median(rates))
+    read = f"{rate} Hz, the median of {len(rates)} file(s)" if len(rates) > 1 else f"{rate} Hz"
+    choice = None
+    if choose:
+        preset = preset_for_rate(rate)
+        frontend = resolve_frontend(preset)
+        side = "at or below" if rate <= SPEAKERS_MAX_RATE else "above"
+        choice = (f"{name}: the {preset} front end ({frontend.sample_rate} Hz), chosen from the "
+                  f"files' sample rate ({read}; {side} {SPEAKERS_MAX_RATE} Hz); --preset "
+                  "chooses another")
+    if frontend.sample_rate > 2 * rate:
+        warnings.warn(
+            f"{name}: the files under {root} are at {read}; the front end resamples them to "
+            f"{frontend.sample_rate} Hz ({frontend.sample_rate / rate:.1f}x), so its mel bins "
+            f"above {rate // 2} Hz hold no sound. --preset speakers (16 kHz) suits files at "
+            f"{SPEAKERS_MAX_RATE} Hz or less", stacklevel=3)
+    return frontend, choice
 
 
 def get_dataset(name: str, root: str | os.PathLike | None = None, split: str | None = "train",

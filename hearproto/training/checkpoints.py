@@ -84,11 +84,13 @@ def check_resume(out: str | os.PathLike, payload: dict, config: RunConfig,
 
 
 def data_provenance(data: PreparedDataset) -> dict:
-    """What a checkpoint records of its data: the split's hash, the data folder and the
-    training clips' paths (to tell, on other data, which clips it has seen)."""
+    """What a checkpoint records of its data: the split's hash, the data folder, the
+    training clips' paths (to tell, on other data, which clips it has seen) and, where the
+    front end was chosen from the files, why."""
     train = data.table.loc[data.table["split"] == "train", "path"]
+    chosen = {"frontend_choice": data.frontend_choice} if data.frontend_choice else {}
     return {"split_hash": data.info()["split_hash"], "root": str(data.root),
-            "train_paths": sorted(train)}
+            "train_paths": sorted(train), **chosen}
 
 
 def training_overlap(payload: dict, clips: ClipDataset) -> int | None:
