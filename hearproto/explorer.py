@@ -30,6 +30,7 @@ from torch import Tensor
 from hearproto.audio import load_audio, mel_to_audio, prototype_to_audio
 from hearproto.errors import AudioError
 from hearproto.frontend import FrontEnd
+from hearproto.identification import filter_knee_hz
 from hearproto.model import PrototypeModel
 from hearproto.transforms import FILTER_RANGE, GAIN_RANGE, PITCH_RANGE, MelBins, reconstruct
 from hearproto.viz import (AudioPlayer, audio_player, audio_tag, leveled_players, level_caption,
@@ -74,14 +75,6 @@ def transform_frame(prototype: Tensor, settings: Settings, bins: MelBins) -> Ten
     out = reconstruct(prototype[None], pitch=settings.pitch * one, gain=settings.gain * one,
                       filters=filters, constants=bins)
     return out.reshape(-1)
-
-
-def filter_knee_hz(cutoff: float, frontend: FrontEnd) -> float:
-    """Frequency (Hz) of the mel bin where a filter with cutoff ``c`` bends,
-    ``f = 0.5 - c`` on the normalised bin axis."""
-    frequencies = frontend.mel_frequencies()
-    position = (0.5 - cutoff) * (len(frequencies) - 1)
-    return float(np.interp(position, np.arange(len(frequencies)), frequencies))
 
 
 def _png(figure: Figure) -> bytes:
@@ -150,6 +143,8 @@ class PrototypeExplorer:
         self._clip_audio: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._widget = None
         self._learned_peaks: dict[int, float] = {}
+        self._own = None  # your clip (load_clip): its name, frames (T, F) and recording
+        self._own_audio: dict[int, np.ndarray] = {}  # its reconstruction by prototype k
         self._refresh_sound()
 
     # -- the Python API -----------------------------------------------------------------------
@@ -225,6 +220,68 @@ class PrototypeExplorer:
             recon = self.model.reconstructions(
                 x.to(self.prototypes.device), prototypes=torch.tensor([self.index]))[0, 0]
         return x[0].numpy(), recon.float().cpu().numpy()
+
+    def load_clip(self, source, sample_rate: int | None = None) -> None:
+        """Your clip: a sound file's path, or a 1-D waveform at ``sample_rate``, heard through
+        the model's front end (a clip shorter than 16 frames is extended by repeating it). The
+        view then shows and plays it with its reconstruction by the selected prototype and by
+        the one that reconstructs it best. A bad file is an :class:`AudioError` naming it."""
+        from hearproto.identification import _hear, _waveform
+
+        heard = _hear(source, self.frontend, sample_rate)
+        recording, _ = _waveform(source, self.frontend, sample_rate)
+        with torch.no_grad():
+            errors = self.model.errors(heard.frames[None])[0][0].float().cpu().numpy()
+        self._own = {"name": Path(heard.name).name, "frames": heard.frames.numpy(),
+                     "recording": recording, "errors": errors}
+        self._own_audio = {}
+        if self._widget is not None:
+            self._update_view()
+
+    @property
+    def own_clip(self) -> dict | None:
+        """Your clip as :meth:`load_clip` heard it (``name``, ``frames`` ``(T, F)``,
+        ``recording``, ``errors`` ``(K,)`` by every prototype), or None."""
+        return self._own
+
+    def own_reconstruction(self, prototype: int | None = None) -> np.ndarray:
+        """Your clip's reconstruction ``(T, F)`` by ``prototype`` (default: the selected
+        one)."""
+        if self._own is None:
+            raise ValueError("no clip loaded: call load_clip(path) first")
+        k = self.index if prototype is None else int(prototype)
+        x = torch.from_numpy(self._own["frames"])[None]
+        with torch.no_grad():
+            recon = self.model.reconstructions(x, prototypes=torch.tensor([k]))[0, 0]
+        return recon.float().cpu().numpy()
+
+    @property
+    def own_best(self) -> int:
+        """The prototype that reconstructs your clip best."""
+        if self._own is None:
+            raise ValueError("no clip loaded: call load_clip(path) first")
+        return int(np.argmin(self._own["errors"]))
+
+    def own_figure(self) -> Figure:
+        """Your clip, and its reconstructions by the selected prototype and by the best one
+        (spectrograms, seconds and Hz)."""
+        figure = Figure(figsize=(10.5, 2.8))
+        axes = figure.subplots(1, 3, sharey=True)
+        errors = self._own["errors"]
+        show_logmel(self._own["frames"], self.frontend, ax=axes[0], colorbar=False,
+                    title=f"your clip: {self._own['name']}")
+        for ax, k, role in ((axes[1], self.index, "selected"), (axes[2], self.own_best, "best")):
+            show_logmel(self.own_reconstruction(k), self.frontend, ax=ax, colorbar=False,
+                        title=f"by {self.names[k]} ({role}), error {100 * errors[k]:.2f}")
+            ax.set_ylabel("")
+        figure.tight_layout()
+        return figure
+
+    def _own_sound(self, k: int) -> np.ndarray:
+        if k not in self._own_audio:
+            self._own_audio[k] = mel_to_audio(self.own_reconstruction(k), self.frontend,
+                                              n_iter=self.n_iter)
+        return self._own_audio[k]
 
     # -- rendering ----------------------------------------------------------------------------
 
@@ -315,7 +372,23 @@ class PrototypeExplorer:
         self._image = w.Image(format="png")
         self._player = w.Audio(format="mpeg", autoplay=False, loop=False)
         self._clips_box = w.VBox()
+        self._own_box = w.VBox()
+        self._path = w.Text(placeholder="a sound file on this machine", description="your clip",
+                            continuous_update=False, layout=w.Layout(width="30em"))
+        load = w.Button(description="load", tooltip="hear this file through the model")
+        self._upload = w.FileUpload(accept="audio/*,.wav,.flac,.ogg,.mp3", multiple=False,
+                                    description="or upload")
+        self._own_status = w.HTML()
         self._syncing = False
+
+        def on_load(_) -> None:
+            if self._path.value.strip():
+                self._load_from(self._path.value.strip())
+
+        def on_upload(change) -> None:
+            files = change["new"]
+            if files:
+                self._load_upload(files[0])
 
         def on_pick(change) -> None:
             if not self._syncing:
@@ -329,6 +402,9 @@ class PrototypeExplorer:
         for control in self._sliders.values():
             control.observe(on_slide, names="value")
         reset.on_click(lambda _: self.reset())
+        load.on_click(on_load)
+        self._path.observe(on_load, names="value")  # Enter, or leaving the box
+        self._upload.observe(on_upload, names="value")
 
         self._image.layout = w.Layout(width="100%", max_width="48em")
         controls = w.VBox([self._picker, *self._sliders.values(), self._knees,
@@ -339,8 +415,36 @@ class PrototypeExplorer:
             w.HTML(f"<b>The {self.k} {self.clips_split_name} clips this prototype reconstructs "
                    "best</b>: each recording, then its reconstruction by this prototype"),
             self._clips_box,
+            w.HTML("<b>Your clip</b>: a file on the machine running this notebook, or one you "
+                   "upload, beside its reconstruction by this prototype and by the best one"),
+            w.HBox([self._path, load, self._upload]),
+            self._own_status,
+            self._own_box,
         ])
         self._update_view()
+
+    def _load_from(self, source) -> None:
+        """Load ``source`` for the widget: a bad file is one line under the path box."""
+        try:
+            self.load_clip(source)
+            self._own_status.value = ""
+        except (AudioError, OSError, ValueError) as err:
+            self._own_status.value = (f"<span style='color:#b00'>{html.escape(str(err))}"
+                                      "</span>")
+
+    def _load_upload(self, upload) -> None:
+        """An uploaded file (ipywidgets 8: a dict with ``name`` and ``content``), written to a
+        temporary file of the same suffix and loaded."""
+        import tempfile
+
+        name = upload["name"]
+        with tempfile.TemporaryDirectory(prefix="hearproto-upload-") as folder:
+            path = Path(folder) / Path(name).name
+            path.write_bytes(bytes(upload["content"]))
+            self._load_from(path)
+        if self._own is not None and self._own_status.value == "":
+            self._own["name"] = Path(name).name
+            self._update_view()
 
     @property
     def clips_split_name(self) -> str:
@@ -380,12 +484,32 @@ class PrototypeExplorer:
                 w.Audio(value=_mp3(sound, rate, normalize=True), format="mpeg", autoplay=False),
                 w.Audio(value=_mp3(recon, rate, normalize=True), format="mpeg", autoplay=False),
             ]))
-        old_rows = self._clips_box.children
-        self._clips_box.children = rows
-        for row in old_rows:  # close what is gone, or its state lingers in a saved notebook
-            for child in row.children:
+        self._replace(self._clips_box, rows)
+        own = []
+        if self._own is not None:
+            best = self.own_best
+            own = [w.Image(value=_png(self.own_figure()), format="png",
+                           layout=w.Layout(width="100%", max_width="56em")),
+                   w.HBox([w.HTML(f"{html.escape(self._own['name'])}: the recording, its "
+                                  f"reconstruction by {html.escape(self.name)}, and by "
+                                  f"{html.escape(self.names[best])} (the best)",
+                                  layout=w.Layout(width="22em")),
+                           *(w.Audio(value=_mp3(sound, rate, normalize=True), format="mpeg",
+                                     autoplay=False)
+                             for sound in (self._own["recording"], self._own_sound(self.index),
+                                           self._own_sound(best)))])]
+        self._replace(self._own_box, own)
+
+    @staticmethod
+    def _replace(box, children: list) -> None:
+        """Put ``children`` in ``box``, closing what was there (or its state lingers in a saved
+        notebook)."""
+        old = box.children
+        box.children = children
+        for widget in old:
+            for child in getattr(widget, "children", ()):
                 child.close()
-            row.close()
+            widget.close()
 
 
 class PrototypeGrid:

@@ -40,7 +40,7 @@ from hearproto.model import PrototypeModel, Transformations
 from hearproto.transforms import SOFTPLUS_BETA, reconstruct
 
 __all__ = ["SHIPPED_MODELS", "Candidate", "Window", "Identification", "identify",
-           "load_model", "explain", "transformation_curves"]
+           "load_model", "explain", "transformation_curves", "filter_knee_hz"]
 
 #: The shipped models :func:`load_model` knows by name: (dataset, method) of the book's
 #: ``full`` scale, seed 0.
@@ -307,13 +307,19 @@ def identify(source, model: str | os.PathLike | PrototypeModel = "instruments", 
 # Explaining it
 
 
+def filter_knee_hz(cutoff: float, frontend: FrontEnd) -> float:
+    """Frequency (Hz) of the mel bin where a filter with cutoff ``c`` bends,
+    ``f = 0.5 - c`` on the normalised bin axis."""
+    frequencies = frontend.mel_frequencies()
+    position = (0.5 - cutoff) * (len(frequencies) - 1)
+    return float(np.interp(position, np.arange(len(frequencies)), frequencies))
+
+
 def transformation_curves(params: Transformations, frontend: FrontEnd) -> dict[str, list]:
     """One prototype's transformations over time (``params`` of shape ``(1, 1, T[, 4])``) in
     the units a listener reads: the gain in dB, the pitch shift in semitones, each filter's
     knee in Hz and its level at the band edge it lifts or cuts (the top bin for the high
     filter, the bottom bin for the low one) in dB. A transformation that is off is absent."""
-    from hearproto.explorer import filter_knee_hz
-
     curves: dict[str, list] = {}
     if params.gain is not None:
         curves["gain_db"] = (DB_PER_UNIT * params.gain[0, 0]).tolist()

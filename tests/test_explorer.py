@@ -171,6 +171,41 @@ def test_widgets_drive_the_explorer_and_show_its_state(explorer):
     assert explorer._sliders["pitch"].value == pytest.approx(1.0)
 
 
+def test_your_clip_is_heard_with_the_selected_and_the_best_reconstructions(explorer, tmp_path):
+    """A file loaded through the path box (or the API) is identified as identify does, shown
+    with its reconstructions by the selected prototype and the best one, and played; an
+    upload is loaded too, and a bad file is one line under the box."""
+    from hearproto.identification import identify
+
+    from conftest import harmonic
+
+    clip = tmp_path / "my high tone.wav"
+    sf.write(clip, harmonic(2400.0, 0.7, np.random.default_rng(4)), SR)
+    explorer.select("low")
+    explorer.widget  # built
+    explorer._path.value = str(clip)
+    explorer._load_from(explorer._path.value)  # as the load button does
+    found = identify(clip, explorer.model, payload={"config": {"mode": "supervised"},
+                                                    "classes": explorer.classes})
+    assert explorer.names[explorer.own_best] == found.best.name == "high"
+    np.testing.assert_allclose(100 * explorer.own_clip["errors"], [found.errors[k] * 100 for k
+                               in range(len(explorer.names))], rtol=1e-5)
+    by_selected = explorer.own_reconstruction()
+    assert by_selected.shape == explorer.own_clip["frames"].shape
+    assert not np.allclose(by_selected, explorer.own_reconstruction(explorer.own_best))
+    image, row = explorer._own_box.children
+    assert image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    players = row.children[1:]
+    assert len(players) == 3 and all(len(p.value) > 500 for p in players)
+    assert "my high tone.wav" in row.children[0].value and "(the best)" in row.children[0].value
+    explorer._load_upload({"name": "upload.wav", "content": clip.read_bytes()})
+    assert explorer.own_clip["name"] == "upload.wav" and explorer._own_status.value == ""
+    assert image.comm is None  # the old view was closed
+    explorer._load_from(tmp_path / "missing.wav")
+    assert "missing.wav: no such audio file" in explorer._own_status.value
+    assert explorer.own_clip["name"] == "upload.wav"  # the last good clip stays
+
+
 def test_prototype_grid_plays_every_prototype_in_every_setting():
     prototypes = torch.rand(3, FRONTEND.n_mels, generator=torch.Generator().manual_seed(1))
     settings = [Settings(), Settings(pitch=0.71), Settings(gain=0.25)]
