@@ -472,6 +472,8 @@ def _figure(clip: torch.Tensor, shown: dict, record: dict, net: PrototypeModel,
         else:
             ax.text(0.5, 0.5, "off in this model", ha="center", va="center",
                     transform=ax.transAxes)
+    model = Path(record["model"])  # a checkpoint by its run folder, never a whole path
+    named = f"{model.parent.name}/{model.name}" if model.suffix == ".pt" else record["model"]
     figure.suptitle(f"{Path(record['source']).name}: {best['name']} (best) and {runner['name']} "
-                    f"(runner-up), {record['model']}")
+                    f"(runner-up), {named}")
     return figure

@@ -29,7 +29,7 @@ PARTS = {
     "Results": [f"{name}-{d}" for name in ("ablation", "clustering", "classification")
                 for d in DATASETS],
     "Listening": [f"{name}-{d}" for name in ("prototypes", "timbre") for d in DATASETS],
-    "Explorer": ["explorer"],
+    "Explorer": ["explorer", "own_sounds"],
     "Reproduce": ["reproduce", "references"],
 }
 

@@ -384,3 +384,20 @@ def test_clips_of_3_to_15_frames_are_learned_as_well(tmp_path):
     train(config(root, out, epochs=12), progress=False)
     scores = evaluate_checkpoint(out / "last.pt", "test", device="cpu")
     assert scores["clips"] == 9 and scores["OA"] >= 88
+
+
+def test_a_resumed_run_keeps_the_front_end_it_began_with(tones, tmp_path, monkeypatch):
+    """A run without a preset whose files would now get another front end (here: begun
+    when the rule gave 16 kHz files the instruments one) resumes with its own."""
+    from hearproto.data import registry
+
+    out = tmp_path / "kept"
+    monkeypatch.setattr(registry, "preset_for_rate", lambda rate: "instruments")
+    train(config(tones, out, epochs=1, preset=None), progress=False)
+    monkeypatch.undo()
+    train(config(tones, out, epochs=2, preset=None), progress=False)
+    payload = torch.load(out / "last.pt", weights_only=True)
+    assert payload["state"]["epoch"] == 2 and payload["frontend"]["sample_rate"] == 44_100
+    fresh = tmp_path / "fresh"  # a new run gets today's choice for 16 kHz files
+    train(config(tones, fresh, epochs=1, preset=None), progress=False)
+    assert torch.load(fresh / "last.pt", weights_only=True)["frontend"]["sample_rate"] == 16_000

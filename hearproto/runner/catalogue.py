@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["GENERAL", "PER_DATASET", "SUMMARY", "EXPERIMENTS", "DEFAULT_DATASETS", "SCALES"]
 
 #: Notebook templates that do not depend on a dataset (executed once each, first).
-GENERAL: tuple[str, ...] = ("frontend", "datasets", "explorer")
+GENERAL: tuple[str, ...] = ("frontend", "datasets", "explorer", "own_sounds")
 #: Notebook templates executed once per dataset, into ``NAME-DATASET.ipynb``.
 PER_DATASET: tuple[str, ...] = ("ablation", "classification", "clustering", "prototypes",
                                 "transformations", "timbre")

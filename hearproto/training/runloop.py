@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from hearproto.data import prepare_dataset
 from hearproto.errors import CheckpointError, DatasetError, RunLocked, TrainingDiverged
 from hearproto.files import atomic_path
+from hearproto.frontend import FrontEnd
 from hearproto.memory import retain_freed_memory
 from hearproto.provenance import git_commit
 from hearproto.training.checkpoints import check_resume, restore_rng, save_checkpoint
@@ -99,8 +100,8 @@ class RunLoop:
         torch.manual_seed(config.seed)  # the networks' initial weights
         self.data = data = prepare_dataset(
             config.dataset, root=config.root, limit_per_class=config.limit_per_class,
-            n_speakers=config.n_speakers, frontend=config.preset, progress=progress,
-            split=config.split)
+            n_speakers=config.n_speakers, frontend=self._resumed_frontend(config),
+            progress=progress, split=config.split)
         if len(data.classes) < 2:
             raise DatasetError(f"{config.dataset} ({data.root}) has one class "
                                f"({', '.join(map(str, data.classes))}): identification needs "
@@ -112,6 +113,21 @@ class RunLoop:
         self.overrides = tuple(overrides)
         self.description = description
         self.loader_generator = torch.Generator()
+
+    @staticmethod
+    def _resumed_frontend(config: RunConfig) -> FrontEnd | str | None:
+        """``config.preset``; without one, the front end a run being resumed began with (a
+        local dataset's is chosen from its files, and the rule may have changed since)."""
+        last = Path(config.out) / "last.pt"
+        if config.preset is not None or not last.is_file():
+            return config.preset
+        from hearproto.training.checkpoints import read_checkpoint
+
+        try:
+            saved = read_checkpoint(last).get("frontend")
+        except (OSError, CheckpointError):
+            return None  # the loop names what is wrong with last.pt
+        return FrontEnd(**saved) if saved else None
 
     # -- hooks ----------------------------------------------------------------------------------
 
