@@ -19,7 +19,7 @@ from hearproto.baselines.trainer import BaselineConfig
 from hearproto.data import prepare_dataset, registry
 from hearproto.runner import runs as runs_module
 from hearproto.runner.experiments import write_provenance
-from hearproto.runner.paper import paper_table1, paper_table3
+from hearproto.runner.paper import STAGE_LABELS, paper_table1, paper_table3
 from hearproto.runner.runs import HELDOUT_SPLITS, run_config
 from hearproto.runner import tables as tables_module
 from hearproto.runner.tables import (FLOORS, PAPERS_UNSUPERVISED, TABLE3_METHODS, UNSEEN, data_splits, headline_note,
@@ -175,6 +175,27 @@ def test_headline_cells_are_the_mean_and_the_half_width_of_its_95_interval(tmp_p
     markdown = (tmp_path / "table3.md").read_text()
     assert "| Direct Classification |       3 | 75.0 ± 12.4 |" in markdown
     assert pd.read_csv(tmp_path / "table3.csv").loc[0, "OA ci95"] == table.loc[0, "OA ci95"]
+
+
+def test_table1_reads_a_run_without_stage_checkpoints_from_its_metrics(tones):
+    """A run shipped without its stages (seeds 1 and 2 keep last.pt only): its OA at each
+    stage's end, as metrics.csv recorded it, is what scoring the stage's checkpoint gives;
+    the raw prototypes have no epoch, so no value."""
+    runs_module.train_runs("ci", ["folder"], ["ours-unsupervised", "ours-supervised"], [1],
+                           device="cpu", root=str(tones), progress=False, report=lambda _: None)
+    scored, _ = table1("folder", "ci", root=str(tones), device="cpu", progress=False,
+                       seeds=(0, 1))
+    for mode in ("unsupervised", "supervised"):  # as unpacked: stages/ without checkpoints
+        stages = Path(run_config(f"ours-{mode}", "folder", "ci", 1, str(tones)).out) / "stages"
+        for checkpoint in stages.glob("*.pt"):
+            checkpoint.unlink()
+    read, rows = table1("folder", "ci", root=str(tones), device="cpu", progress=False,
+                        seeds=(0, 1))
+    raw = read["stage"] == STAGE_LABELS["raw"]
+    assert (read.loc[raw, "OA other seeds"] == "—").all()
+    assert (read.loc[~raw, "OA other seeds"] == scored.loc[~raw, "OA other seeds"]).all()
+    assert "as recorded in its metrics at each stage's end" in table1_note(rows, 0, (0, 1))
+    assert "has not reached the stage" not in table1_note(rows, 0, (0, 1))
 
 
 def test_table1_shows_the_other_seeds_whose_runs_exist(tones):
