@@ -142,6 +142,9 @@ def _experiments_ship(args: argparse.Namespace) -> int:
             print(f"{spec}: unpacked from weights/, skipped (it is shipped already)", flush=True)
             continue
         if not is_finished(run):
+            if not (run / "last.pt").is_file() and shipped_current(config):
+                print(f"{spec}: shipped already, from these data", flush=True)
+                continue
             state = "not trained" if not (run / "last.pt").is_file() else "not finished"
             print(f"{spec}: {state}, skipped (hearproto experiments train --scale "
                   f"{args.scale} finishes it)", flush=True)

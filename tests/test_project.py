@@ -164,6 +164,13 @@ def test_cli_ship_skips_what_is_shipped_from_these_data_and_replaces_the_rest(
     assert "folder direct seed 0: " in capsys.readouterr().out
     assert cli.main(ship) == 0
     assert "shipped already, from these data; skipped" in capsys.readouterr().out
+    run = next((tmp_path / "runs" / "ci" / "folder").glob("direct-*"))
+    run.rename(tmp_path / "kept")  # a new machine: the run folder gone, weights/ holding it
+    assert cli.main(ship) == 0
+    out = capsys.readouterr().out
+    assert "folder direct seed 0: shipped already, from these data" in out
+    assert "not trained" not in out
+    (tmp_path / "kept").rename(run)
     sidecar_file = next((tmp_path / "weights" / "ci" / "folder").glob("direct-*.json"))
     sidecar = json.loads(sidecar_file.read_text())
     assert sidecar["dtype"] == "float32"  # --dtype float32: no float16 check, no float16
