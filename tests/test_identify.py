@@ -193,7 +193,7 @@ def test_explain_writes_what_each_transformation_did(trained, tmp_path):
     explain(clip, tmp_path / "why", checkpoint, iterations=4, force=True)
 
 
-def test_a_shipped_model_is_found_by_name_and_unpacked_apart(tmp_path, data_home):
+def test_a_shipped_model_is_found_by_name_and_unpacked_apart(tmp_path, data_home, capsys):
     """``speakers`` is the shipped supervised run, unpacked into the data home's shipped/
     folder; its identification is that model's errors on the clip."""
     from hearproto.identification import SHIPPED_MODELS, _shipped_run
@@ -212,3 +212,8 @@ def test_a_shipped_model_is_found_by_name_and_unpacked_apart(tmp_path, data_home
     np.testing.assert_allclose(found.errors, errors.detach().numpy(), rtol=1e-4, atol=1e-7)
     assert found.best.name == payload["classes"][int(errors.argmin())]
     assert sum(c.probability for c in found.summary) <= 1 + 1e-6
+    assert cli.main(["identify", str(tmp_path / "voice.wav"), "--model", "speakers",
+                     "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["model"] == "speakers (shipped)"
+    assert [c["name"] for c in listed["summary"]] == [c.name for c in found.summary[:3]]
