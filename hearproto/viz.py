@@ -33,6 +33,8 @@ MP3_MIN_RATE = 32_000
 #: A player falls back to WAV where MP3 changes the sound's energy by more than this: LAME
 #: also low-passes 44.1 kHz audio near 16-17 kHz, where a high filter can put most of it.
 MP3_MAX_LEVEL_CHANGE_DB = 1.0
+#: ... and where it would move the peak by more than this many dB (WAV then).
+MP3_MAX_PEAK_CHANGE_DB = 2.0
 #: A level bar spans this many dB below the loudest player of its row.
 LEVEL_BAR_RANGE_DB = 60.0
 
@@ -149,6 +151,16 @@ def _energy_change_db(samples: np.ndarray, encoded: bytes) -> float:
     return abs(10 * np.log10(after / before))
 
 
+def _peak_change_db(samples: np.ndarray, encoded: bytes) -> float:
+    """How far (dB, absolute) decoding ``encoded`` moves the peak of ``samples`` (a sharp
+    attack can lose 3 dB of it to MP3)."""
+    decoded, _ = sf.read(io.BytesIO(encoded), dtype="float64")
+    before, after = float(np.abs(samples).max()), float(np.abs(decoded).max())
+    if before == 0 or after == 0:
+        return 0.0 if before == after else np.inf
+    return abs(20 * np.log10(after / before))
+
+
 def _player_samples(samples: np.ndarray, normalize: bool) -> np.ndarray:
     """``samples`` scaled to a :data:`PLAYER_PEAK_DBFS` peak (with ``normalize``), clipped to
     [-1, 1], as float32."""
@@ -164,7 +176,8 @@ def audio_player(
     """A player for a mono waveform ``(L,)``: MP3 by default (about 10x smaller than WAV and
     byte-for-byte deterministic; at :data:`MP3_MIN_RATE` or above, upsampled by an integer
     factor), WAV with ``compressed=False`` or where MP3 would move the sound's energy by more
-    than :data:`MP3_MAX_LEVEL_CHANGE_DB`. ``normalize`` scales the peak
+    than :data:`MP3_MAX_LEVEL_CHANGE_DB`, or its peak by more than
+    :data:`MP3_MAX_PEAK_CHANGE_DB`. ``normalize`` scales the peak
     to :data:`PLAYER_PEAK_DBFS`; ``level_db`` is a true level to show beside it."""
     samples = _to_numpy(wave).astype(np.float64).reshape(-1)
     if compressed:
@@ -173,8 +186,10 @@ def audio_player(
         upsampled = _player_samples(upsampled, normalize)
         buffer = io.BytesIO()
         sf.write(buffer, upsampled, sample_rate * factor, format="MP3")
-        if _energy_change_db(upsampled, buffer.getvalue()) <= MP3_MAX_LEVEL_CHANGE_DB:
-            return AudioPlayer(buffer.getvalue(), "audio/mpeg", title, level_db)
+        encoded = buffer.getvalue()
+        if (_energy_change_db(upsampled, encoded) <= MP3_MAX_LEVEL_CHANGE_DB
+                and _peak_change_db(upsampled, encoded) <= MP3_MAX_PEAK_CHANGE_DB):
+            return AudioPlayer(encoded, "audio/mpeg", title, level_db)
     buffer = io.BytesIO()
     sf.write(buffer, _player_samples(samples, normalize), sample_rate, format="WAV",
              subtype="PCM_16")

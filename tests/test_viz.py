@@ -72,6 +72,17 @@ def test_a_sound_mp3_would_cut_plays_as_wav():
     assert decode(audio_player(tone, sr)._repr_html_())[2] == "audio/mpeg"
 
 
+def test_a_click_whose_peak_mp3_would_lower_plays_as_wav():
+    """A one-sample click over a quiet tone: MP3 spreads the click and loses its peak (the
+    player would peak well under -3 dBFS), so the player is WAV, peaking where it should."""
+    sr = 44_100
+    wave = 0.01 * np.sin(2 * np.pi * 440 * np.arange(sr // 2) / sr)
+    wave[1000] = 1.0
+    samples, _, mimetype = decode(audio_player(wave, sr)._repr_html_())
+    assert mimetype == "audio/wav"
+    assert 20 * np.log10(np.abs(samples).max()) == pytest.approx(PLAYER_PEAK_DBFS, abs=0.01)
+
+
 def test_the_wav_fallback_keeps_the_sounds_own_rate(monkeypatch):
     """A 16 kHz sound is upsampled for MP3; should it fall back to WAV (forced here), the WAV
     holds the sound itself at 16 kHz, not the upsampled samples."""
