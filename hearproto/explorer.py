@@ -226,14 +226,13 @@ class PrototypeExplorer:
         the model's front end (a clip shorter than 16 frames is extended by repeating it). The
         view then shows and plays it with its reconstruction by the selected prototype and by
         the one that reconstructs it best. A bad file is an :class:`AudioError` naming it."""
-        from hearproto.identification import _hear, _waveform
+        from hearproto.identification import _hear
 
         heard = _hear(source, self.frontend, sample_rate)
-        recording, _ = _waveform(source, self.frontend, sample_rate)
         with torch.no_grad():
             errors = self.model.errors(heard.frames[None])[0][0].float().cpu().numpy()
         self._own = {"name": Path(heard.name).name, "frames": heard.frames.numpy(),
-                     "recording": recording, "errors": errors}
+                     "recording": heard.wave, "errors": errors}
         self._own_audio = {}
         if self._widget is not None:
             self._update_view()

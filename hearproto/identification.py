@@ -242,13 +242,15 @@ def _ranked(errors: torch.Tensor, names: list[str], beta: float | None, top: int
 @dataclass
 class _Heard:
     """A clip as the front end hears it: ``frames`` ``(T', F)`` (extended to the encoder's
-    frames if shorter: ``extended``; ``length``, the frames it had), its name and seconds."""
+    frames if shorter: ``extended``; ``length``, the frames it had), its name and seconds, and
+    ``wave`` ``(N,)``, the recording at the front end's rate."""
 
     name: str
     seconds: float
     frames: torch.Tensor
     length: int
     extended: bool
+    wave: np.ndarray
 
 
 def _hear(source, frontend: FrontEnd, sample_rate: int | None) -> _Heard:
@@ -260,7 +262,7 @@ def _hear(source, frontend: FrontEnd, sample_rate: int | None) -> _Heard:
                          f"a clip needs {MIN_FRAMES} frames, {shortest:.0f} ms)")
     return _Heard(name, round(wave.size / frontend.sample_rate, 3),
                   torch.from_numpy(np.array(extend_frames(frames), dtype=np.float32)),
-                  int(frames.shape[0]), frames.shape[0] < ENCODER_FRAMES)
+                  int(frames.shape[0]), frames.shape[0] < ENCODER_FRAMES, wave)
 
 
 @torch.no_grad()

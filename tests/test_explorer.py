@@ -155,11 +155,14 @@ def test_widgets_drive_the_explorer_and_show_its_state(explorer):
     explorer.reset()
     image, sound = explorer._image.value, explorer._player.value
     assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(sound) > 1000
+    level = explorer._knees.value
     explorer._sliders["gain"].value = 0.3  # as a user would
     assert explorer.settings.gain == pytest.approx(0.3)
-    assert explorer._image.value != image and explorer._player.value != sound
+    # the player is levelled, so a gain is seen in the figure and read in the level line
+    assert bytes(explorer._image.value) != bytes(image) and explorer._knees.value != level
     explorer.set(pitch=1.5)  # and the Python API moves the slider
     assert explorer._sliders["pitch"].value == pytest.approx(1.5)
+    assert bytes(explorer._player.value) != bytes(sound)  # a pitch is heard
     old_rows = explorer._clips_box.children
     explorer._picker.value = explorer.names.index("mid")
     assert explorer.name == "mid"
@@ -171,7 +174,8 @@ def test_widgets_drive_the_explorer_and_show_its_state(explorer):
     assert explorer._sliders["pitch"].value == pytest.approx(1.0)
 
 
-def test_your_clip_is_heard_with_the_selected_and_the_best_reconstructions(explorer, tmp_path):
+def test_your_clip_is_heard_with_the_selected_and_the_best_reconstructions(explorer, tmp_path,
+                                                                           monkeypatch):
     """A file loaded through the path box (or the API) is identified as identify does, shown
     with its reconstructions by the selected prototype and the best one, and played; an
     upload is loaded too, and a bad file is one line under the box."""
@@ -183,8 +187,16 @@ def test_your_clip_is_heard_with_the_selected_and_the_best_reconstructions(explo
     sf.write(clip, harmonic(2400.0, 0.7, np.random.default_rng(4)), SR)
     explorer.select("low")
     explorer.widget  # built
-    explorer._path.value = str(clip)
-    explorer._load_from(explorer._path.value)  # as the load button does
+    import hearproto.identification as identification
+
+    reads = []
+    read = identification.load_audio
+    monkeypatch.setattr(identification, "load_audio", lambda *a: reads.append(a) or read(*a))
+    explorer._path.value = str(clip)  # loads it, as Enter does
+    assert len(reads) == 1
+    explorer._load_from(explorer._path.value)  # and again, as the load button does
+    assert len(reads) == 2  # read and resampled once, for the model and the player alike
+    np.testing.assert_array_equal(explorer.own_clip["recording"], read(clip, SR))
     found = identify(clip, explorer.model, payload={"config": {"mode": "supervised"},
                                                     "classes": explorer.classes})
     assert explorer.names[explorer.own_best] == found.best.name == "high"
