@@ -262,7 +262,62 @@ def _config_settings(settings: list[str], config_class: type) -> dict:
     return values
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """``hearproto train ... --nproc N``: the same command in N processes, launched as
+    ``torchrun --standalone --nproc-per-node N -m hearproto train ...`` launches them."""
+    import logging
+    import os
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    rest, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    launch = parse_args([f"--nproc-per-node={args.nproc}", "-m", "hearproto", *rest])
+    # torchrun --standalone: a rendezvous of its own on this machine, on a free port
+    launch.rdzv_backend, launch.rdzv_endpoint, launch.rdzv_id = ("c10d", "localhost:0",
+                                                                 str(uuid.uuid4()))
+    config, entrypoint, entry_args = config_from_args(launch)
+    # the launcher's own log of a failure: the one line below says it
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        elastic_launch(config, entrypoint)(*entry_args)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        how = (f"signal {failure.signal_name()}" if failure.exitcode < 0
+               else f"exit code {failure.exitcode}")
+        raise RuntimeError(f"process {rank} of {args.nproc} stopped ({how}), and the others "
+                           "with it; run the same command again: it resumes from the last "
+                           "epoch saved") from None
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
+    import os
+
+    if args.nproc and args.nproc != 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args)
+    try:
+        return _train_here(args)
+    finally:
+        from hearproto.distributed import leave_world
+
+        leave_world()
+
+
+def _train_here(args: argparse.Namespace) -> int:
     common = dict(
         dataset=args.dataset, root=args.root, out=args.out, max_minutes=args.max_minutes,
         device=args.device, seed=args.seed, threads=args.threads,
@@ -283,7 +338,8 @@ def _train(args: argparse.Namespace) -> int:
                              "K-means at evaluation)")
         summary = train_baseline(BaselineConfig(model=args.model, **common, **given),
                                  overrides=args.override)
-        print(f"{summary['out']}: {args.model}, {summary['epochs']} epochs, "
+        if not summary.get("rank"):
+            print(f"{summary['out']}: {args.model}, {summary['epochs']} epochs, "
               f"{summary['stop_reason']}, {summary['minutes']} min")
         return 0
     from hearproto.training import train, TrainConfig
@@ -296,7 +352,8 @@ def _train(args: argparse.Namespace) -> int:
                                      cuda_graphs=args.cuda_graphs,
                                      compile=not args.no_compile, **common, **given)
     summary = train(config, overrides=args.override)
-    print(f"{summary['out']}: {summary['epochs']} epochs, stage {summary['stage']}, "
+    if not summary.get("rank"):
+        print(f"{summary['out']}: {summary['epochs']} epochs, stage {summary['stage']}, "
           f"{summary['stop_reason']}, {summary['minutes']} min")
     return 0
 
@@ -649,6 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--override", action="append", default=[], metavar="SETTING",
                        help="resuming: let SETTING (a config field, e.g. lr) differ from the "
                        "run in --out (repeatable). Budgets and devices may always change")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="train data-parallel in N processes on this machine (launches "
+                       "torchrun; the global batch stays --batch-size). On several machines, "
+                       "run torchrun yourself: README, 'More than one process'")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="OA, AA and L_rec of a checkpoint")
@@ -844,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.argv = argv
     formatwarning = warnings.formatwarning
     if not debug:
         warnings.formatwarning = _one_line_warnings

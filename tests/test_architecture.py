@@ -87,6 +87,10 @@ def test_no_import_cycles():
             sorted(m for m in _reachable(graph, start) if start in _reachable(graph, m)))
 
 
+def test_the_model_knows_nothing_of_how_its_prototypes_were_chosen():
+    assert "hearproto.clustering" not in _reachable(_graph(), "hearproto.model")
+
+
 def test_the_maths_imports_only_torch():
     for name in ("hearproto.transforms", "hearproto.melscale"):
         assert _third_party(name) <= {"__future__", "math", "dataclasses", "typing", "torch"}, name

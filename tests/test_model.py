@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from hearproto.frontend import PRESETS
-from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
+from hearproto.model import TRANSFORMATIONS, PrototypeModel
+from hearproto.training.initialisation import init_prototypes
 
 
 def full_model(k: int = 5, preset: str = "speakers") -> PrototypeModel:

@@ -343,8 +343,8 @@ def test_validation_reads_a_fixed_draw_of_the_training_clips(tones, tmp_path, mo
     read = []
     real = loop.mapping_for
     monkeypatch.setattr(loop, "mapping_for",
-                        lambda model, mode, train, *a: read.append(train.paths) or
-                        real(model, mode, train, *a))
+                        lambda model, mode, train, *a, **kw: read.append(train.paths) or
+                        real(model, mode, train, *a, **kw))
     cfg = config(tones, tmp_path / "v", mode="unsupervised", epochs=1, validation_train_clips=5)
     trainer = Trainer(cfg, progress=False)
     assert len(trainer.train_clips) > 5 and len(trainer.validation_clips) == 5

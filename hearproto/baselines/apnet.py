@@ -84,7 +84,7 @@ Choices made where the paper (or the brief) is silent:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -247,15 +247,23 @@ class APNet(nn.Module):
         return APNetOutput(out.logits, (out.decoded + 1) / 2, out.distance.mean(-1),
                            out.similarity)
 
-    def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, y: Tensor,
+             batch_minima: Callable[[Tensor], Tensor] | None = None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
         """Training loss on ``x`` ``(B, T', F)``, labels ``y`` ``(B,)``: the total
         ``alpha * ce + beta * proto + gamma * rec`` and its three terms, detached (as
-        tensors: reading them would make the host wait for a GPU every step)."""
+        tensors: reading them would make the host wait for a GPU every step). The prototype
+        term reads, for each prototype, its nearest clip of the batch: where ``x`` is one
+        share of a batch, ``batch_minima`` stacks the shares' minima ``(M,)`` into
+        ``(shares, M)``."""
         out = self._run(x)
         ce = F.cross_entropy(out.logits, y)
         rec = (out.target - out.decoded).pow(2).sum((1, 2)).mean()
         d = out.distance.mean(-1)  # (B, M)
-        proto = d.min(0).values.mean() + d.min(1).values.mean()
+        nearest = d.min(0).values
+        if batch_minima is not None:
+            nearest = batch_minima(nearest).min(0).values
+        proto = nearest.mean() + d.min(1).values.mean()
         total = self.alpha * ce + self.beta * proto + self.gamma * rec
         return total, {"ce": ce.detach(), "proto": proto.detach(), "rec": rec.detach()}
 

@@ -30,6 +30,7 @@ from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
 from hearproto.baselines.probe import kmeans_scores
 from hearproto.data.dataset import ClipDataset, crop_batches, tile_frames, whole_clip_batches
+from hearproto.distributed import World, average_gradients, synchronise_norms
 from hearproto.frontend import FrontEnd
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
@@ -67,13 +68,17 @@ def build_baseline(name: str, n_classes: int, n_mels: int, frames: int,
 
 @torch.no_grad()
 def _outputs(model: nn.Module, dataset: ClipDataset, batch_size: int, device: torch.device,
-             want: tuple[str, ...], frames: int) -> dict[str, Tensor]:
+             want: tuple[str, ...], frames: int, world: World = World()) -> dict[str, Tensor]:
     """Per whole clip: ``logits`` ``(N, C)``, ``features`` ``(N, D)``, ``rec_error`` ``(N,)``
     (mean squared error of the reconstruction, over the frames the model reconstructs).
-    Clips shorter than the training crop ``frames`` are tiled to it, as in training."""
+    Clips shorter than the training crop ``frames`` are tiled to it, as in training. Among
+    several processes (``world``), each computes its share of the batches, and all get
+    every clip's."""
     model.eval()
     parts: dict[str, list] = {name: [None] * len(dataset) for name in want}
-    for indices, x in whole_clip_batches(dataset, batch_size):
+    for number, (indices, x) in enumerate(whole_clip_batches(dataset, batch_size)):
+        if not world.owns(number):
+            continue
         x = tile_frames(x, frames).to(device)
         values = {}
         if "logits" in want:
@@ -86,14 +91,18 @@ def _outputs(model: nn.Module, dataset: ClipDataset, batch_size: int, device: to
         for name, value in values.items():
             for row, i in zip(value.float().cpu(), indices):
                 parts[name][i] = row
+    if world.parallel:
+        joined = world.join({(name, i): row for name, rows in parts.items()
+                             for i, row in enumerate(rows) if row is not None})
+        parts = {name: [joined[name, i] for i in range(len(dataset))] for name in want}
     return {name: torch.stack(rows) for name, rows in parts.items()}
 
 
 def _validation(model: nn.Module, name: str, dataset: ClipDataset, batch_size: int,
-                device: torch.device, frames: int) -> dict[str, float]:
+                device: torch.device, frames: int, world: World = World()) -> dict[str, float]:
     want = {"direct": ("logits",), "autoencoder": ("rec_error",),
             "apnet": ("logits", "rec_error")}[name]
-    out = _outputs(model, dataset, batch_size, device, want, frames)
+    out = _outputs(model, dataset, batch_size, device, want, frames, world)
     scores: dict[str, float] = {}
     if "logits" in out:
         scores.update(accuracies(dataset.labels.numpy(), out["logits"].argmax(1).numpy(),
@@ -174,18 +183,26 @@ class BaselineRun(RunLoop):
         self.model = build_baseline(config.model, self.train_set.num_classes,
                                     data.frontend.n_mels, self.frames,
                                     config.apnet_prototypes).to(device)
-        self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, config.lr),
-                                           lr=config.lr, weight_decay=config.weight_decay,
-                                           fused=True)
+        if self.world.parallel:  # batch norm over the global batch; rank 0's initial weights
+            synchronise_norms(self.model)
+            self.world.broadcast_(self.model.state_dict().values())
+        self.optimizer = self._optimizer()
         self.loader_generator.manual_seed(config.seed)
         self.state = _State()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        config = self.config
+        return torch.optim.AdamW(_parameter_groups(self.model, config.lr), lr=config.lr,
+                                 weight_decay=config.weight_decay, fused=True)
 
     def read(self, path: Path) -> dict:
         return _load(path, self.device)
 
     def start(self) -> None:
         if self.config.model == "apnet":
-            _init_apnet_prototypes(self.model, self.train_set, self.config.seed, self.device)
+            if self.world.main:  # decided once, then broadcast
+                _init_apnet_prototypes(self.model, self.train_set, self.config.seed, self.device)
+            self.world.broadcast_(self.model.state_dict().values())
 
     def load(self, payload: dict, changed: list[str]) -> None:
         self.model.load_state_dict(payload["model"])
@@ -212,11 +229,21 @@ class BaselineRun(RunLoop):
         # summed on the device, read once: no host synchronisation per step (float64, the
         # same number as summed in Python)
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        world = self.world
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            loss, _ = model.loss(x, y)
+            share = world.share(len(y))  # every process drew the same batch: each its share
+            x, y = world.shard(x), world.shard(y)
+            if world.parallel and config.model == "apnet":  # its prototype term reads the batch
+                loss, _ = model.loss(x, y, batch_minima=world.stack)
+            else:
+                loss, _ = model.loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.parallel:
+                (loss * share).backward()
+                average_gradients(model.parameters(), world)
+            else:
+                loss.backward()
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             self.optimizer.step()
@@ -224,9 +251,13 @@ class BaselineRun(RunLoop):
             count += len(y)
             state.steps += 1
         state.epoch += 1
+        if world.parallel:
+            sums = world.sum(torch.stack([total.cpu(), torch.tensor(count, dtype=torch.float64)])
+                             .to(self.device))
+            total, count = sums[0], int(sums[1])
         self._loss = float(total) / count
         self._val = _validation(model, config.model, self.val_set, config.eval_batch_size,
-                                self.device, self.frames) if len(self.val_set) else {}
+                                self.device, self.frames, world) if len(self.val_set) else {}
         # validation OA (L_rec for the autoencoder); ties, common while a classifier is still
         # at chance, go to the lower training loss
         primary = self._val.get("OA", -self._val.get("L_rec", math.inf)) if self._val else -math.inf
@@ -262,7 +293,7 @@ class BaselineRun(RunLoop):
 
     def before_save(self) -> None:
         if self._improved:
-            save_checkpoint(self.checkpoint(), self.out / "best.pt")
+            self.save(self.checkpoint(), self.out / "best.pt")
 
 
 def train_baseline(config: BaselineConfig, progress: bool = True,

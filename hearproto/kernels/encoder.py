@@ -44,7 +44,8 @@ def _library() -> ctypes.CDLL | None:
 
 def first_level_applies(x: Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> bool:
     """Whether :func:`first_level` takes ``x`` ``(B, T, F)``: float32 on the CPU without a
-    gradient of its own, no CPU autocast, the model's channel counts, T even, F even and at
+    gradient of its own, no CPU autocast, the model's channel counts, a plain batch norm (or
+    one in evaluation mode), T even, F even and at
     most :data:`MAX_BINS`, the fused path chosen (:func:`hearproto.kernels.backend`) and the
     kernel built."""
     from hearproto.kernels import backend
@@ -54,6 +55,8 @@ def first_level_applies(x: Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> boo
             and not torch.is_autocast_enabled("cpu")
             and conv.in_channels == 1 and conv.out_channels == CHANNELS
             and norm.num_features == CHANNELS and x.shape[1] % 2 == 0
+            # a batch norm synchronised over processes needs their statistics, not this batch's
+            and (type(norm) is nn.BatchNorm2d or not norm.training)
             and x.shape[2] % 2 == 0 and 2 <= x.shape[2] <= MAX_BINS
             and conv.weight.dtype == torch.float32 and _library() is not None)
 

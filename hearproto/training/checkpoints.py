@@ -50,7 +50,7 @@ def restore_rng(snapshot: dict, loader_generator: torch.Generator, device: torch
 #: Settings a run may change when it resumes: how long it runs, and where and how fast it
 #: computes. Any other change is refused unless named in ``overrides``.
 RESUMABLE = frozenset({"epochs", "steps", "max_minutes", "device", "threads", "eval_batch_size",
-                       "out", "cuda_graphs"})
+                       "out", "cuda_graphs", "world_size"})
 
 
 def check_resume(out: str | os.PathLike, payload: dict, config: RunConfig,

@@ -11,7 +11,8 @@ import torch
 
 from hearproto.data.splits import heldout_source
 from hearproto.errors import SettingError
-from hearproto.model import BETA_PARAMETRISATIONS, UNSUPERVISED_INITS
+from hearproto.model import BETA_PARAMETRISATIONS
+from hearproto.training.initialisation import UNSUPERVISED_INITS
 from hearproto.training.curriculum import stages_for
 
 __all__ = ["MODES", "RunConfig", "RECIPES", "TrainConfig", "BASELINES", "BaselineConfig",
@@ -42,6 +43,9 @@ class RunConfig:
     threads: int | None = None
     seed: int = 0
     eval_batch_size: int = 64
+    # processes that train the run together (torchrun); recorded, like the device, not chosen
+    # here: the global batch is batch_size whatever it is
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         for name in ("epochs", "patience", "batch_size", "eval_batch_size"):

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from hearproto.data import PreparedDataset
 from hearproto.data.dataset import ClipDataset, crop_or_tile, whole_clip_batches
+from hearproto.distributed import World
 from hearproto.errors import DatasetError
 from hearproto.metrics import evaluate, majority_mapping, supervised_mapping
 from hearproto.model import PrototypeModel
@@ -25,23 +26,28 @@ __all__ = ["clip_errors", "mapping_for", "middle_crops", "evaluation_split", "sc
 
 @torch.no_grad()
 def clip_errors(model: PrototypeModel, dataset: ClipDataset, batch_size: int = 64,
-                device: torch.device | str = "cpu", k_chunk: int = TrainConfig.k_chunk) -> Tensor:
+                device: torch.device | str = "cpu", k_chunk: int = TrainConfig.k_chunk,
+                world: World = World()) -> Tensor:
     """Errors ``(N, K)`` of every whole clip of ``dataset`` by every prototype; clips of the
-    same length are batched together."""
+    same length are batched together. Among several processes (``world``), each scores its
+    share of the batches and every process gets all the errors."""
     model.eval()
-    errors = torch.empty(len(dataset), model.num_prototypes)
-    for indices, batch in whole_clip_batches(dataset, batch_size):
-        errors[torch.from_numpy(indices)] = model.errors(batch.to(device), k_chunk)[0].float().cpu()
+    errors = torch.zeros(len(dataset), model.num_prototypes)
+    for number, (indices, batch) in enumerate(whole_clip_batches(dataset, batch_size)):
+        if world.owns(number):
+            errors[torch.from_numpy(indices)] = model.errors(batch.to(device), k_chunk)[0].float().cpu()
+    if world.parallel:  # each row was written by one process, zeros elsewhere: a sum joins them
+        errors = world.sum(errors.to(device)).cpu()
     return errors
 
 
 def mapping_for(model: PrototypeModel, mode: str, train: ClipDataset, device,
-                batch_size: int) -> np.ndarray:
+                batch_size: int, world: World = World()) -> np.ndarray:
     """Prototype -> class: k <-> k when supervised, else the majority class of the whole
     training clips each prototype reconstructs best."""
     if mode == "supervised":
         return supervised_mapping(model.num_prototypes)
-    train_errors = clip_errors(model, train, batch_size, device)
+    train_errors = clip_errors(model, train, batch_size, device, world=world)
     return majority_mapping(train_errors.argmin(1).numpy(), train.labels.numpy(),
                             model.num_prototypes, train.num_classes)
 

@@ -27,15 +27,17 @@ import torch
 from torch import Tensor
 
 from hearproto.data.dataset import clip_statistics, crop_batches, subset
+from hearproto.distributed import average_gradients, synchronise_norms
 from hearproto.errors import RunMismatch
 from hearproto.metrics import evaluate
-from hearproto.model import TRANSFORMATIONS, PrototypeModel, init_prototypes
+from hearproto.model import TRANSFORMATIONS, PrototypeModel
 from hearproto.provenance import describe_device
 from hearproto.training.checkpoints import (CHECKPOINT_FORMAT, data_provenance, load_checkpoint,
-                                            rng_snapshot, save_checkpoint)
+                                            rng_snapshot)
 from hearproto.training.config import TrainConfig
 from hearproto.training.curriculum import stages_for
 from hearproto.training.evaluation import clip_errors, mapping_for, middle_crops
+from hearproto.training.initialisation import init_prototypes
 from hearproto.training.graphs import (CudaGraph, GraphedStep, float_learning_rates,
                                        set_learning_rate, use_tensor_learning_rates)
 from hearproto.training.runloop import RunLoop
@@ -114,6 +116,9 @@ class Trainer(RunLoop):
         self.stages = stages_for(config.mode, config.held_stages)
         self.model = PrototypeModel(k, self.data.frontend, config.beta_init,
                                     config.beta_parametrisation).to(self.device)
+        if self.world.parallel:  # batch norm over the global batch; rank 0's initial weights
+            synchronise_norms(self.model)
+            self.world.broadcast_(self.model.state_dict().values())
         self.optimizer = self._optimizer()
         self.held_labels: Tensor | None = None  # (N,) the initial cluster of each training clip
         self.state = _State()
@@ -151,15 +156,19 @@ class Trainer(RunLoop):
 
     def start(self) -> None:
         self.loader_generator.manual_seed(self.config.seed)
-        means, stds = clip_statistics(self.train_clips)
-        labels = self.train_clips.labels.numpy() if self.config.mode == "supervised" else None
-        clusters = init_prototypes(self.model, means, labels, self.config.seed,
-                                   method=self.config.unsupervised_init, clip_stds=stds)
+        clusters = None
+        if self.world.main:  # decided once, then broadcast
+            means, stds = clip_statistics(self.train_clips)
+            labels = self.train_clips.labels.numpy() if self.config.mode == "supervised" else None
+            clusters = init_prototypes(self.model, means, labels, self.config.seed,
+                                       method=self.config.unsupervised_init, clip_stds=stds)
+        clusters = self.world.decide(clusters)
+        self.world.broadcast_([self.model.prototypes])
         if clusters is not None and self.config.held_stages:
             self.held_labels = torch.from_numpy(clusters)
         self._enter_stage(0)
         if self.config.raw_stage_steps == 0:  # the data initialisation is the raw stage
-            save_checkpoint(self.checkpoint(), self.out / "stages" / f"{self.stages[0]}.pt")
+            self.save(self.checkpoint(), self.out / "stages" / f"{self.stages[0]}.pt")
             self._enter_stage(1)
 
     def read(self, path: Path) -> dict:
@@ -262,10 +271,15 @@ class Trainer(RunLoop):
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         self._counts.zero_()
         count = 0
+        world = self.world
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if c.augment:
                 x = augment(x)
+            # every process drew the same global batch (the same random states): each takes
+            # its share, its loss weighted so that the averaged gradient is the batch's
+            self._share = world.share(len(y))
+            x, y = world.shard(x), world.shard(y)
             self._set_learning_rates()
             frames = None
             if c.error_stride > 1:  # a random phase each step: every frame is used in turn
@@ -287,6 +301,11 @@ class Trainer(RunLoop):
             count += len(y)
             if callback is not None:
                 callback(self.state.step)
+        if world.parallel:  # the epoch's loss and choices over every process's clips
+            sums = world.sum(torch.stack([total.cpu(), torch.tensor(count, dtype=torch.float64)])
+                             .to(self.device))
+            total, count = sums[0], int(sums[1])
+            world.sum(self._counts)
         return float(total) / count, self._counts.cpu().numpy().copy()
 
     def _step(self, x: Tensor, y: Tensor, plan: _StepPlan) -> Tensor:
@@ -303,8 +322,11 @@ class Trainer(RunLoop):
             else:
                 errors, _ = model.errors(x, c.k_chunk, c.compile, plan.frame_slice)
         errors = errors.float()
-        if plan.calibrate:
-            model.set_beta(calibrated_beta(errors.detach().cpu(), y.cpu()))
+        if plan.calibrate:  # on the global batch, decided once
+            world = self.world
+            batch_errors, labels = world.gather(errors.detach()), world.gather(y)
+            model.set_beta(world.decide(calibrated_beta(batch_errors.cpu(), labels.cpu())
+                                        if world.main else None))
             self.optimizer.state.pop(model.beta_raw, None)
             self.state.beta_pending = False
         if plan.only_targets:
@@ -317,7 +339,11 @@ class Trainer(RunLoop):
             winners = errors.detach().argmin(1)
             self._counts.index_add_(0, winners, torch.ones_like(winners))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.world.parallel:
+            (loss * self._share).backward()
+            average_gradients(self.model.parameters(), self.world)
+        else:
+            loss.backward()
         self.optimizer.step()
         return loss.detach()
 
@@ -333,6 +359,8 @@ class Trainer(RunLoop):
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.state.epoch)
         donors = torch.multinomial(torch.as_tensor(share), len(starved), replacement=True,
                                    generator=generator).tolist()
+        # decided once (every process holds the same counts and seed; rank 0's word is final)
+        starved, donors = self.world.decide((starved, donors))
         prototypes = self.model.prototypes
         for target, donor in zip(starved.tolist(), donors):
             prototypes[target] = prototypes[donor]
@@ -405,7 +433,7 @@ class Trainer(RunLoop):
         c, state = self.config, self.state
         if self._stage_ends or (not c.stage_epochs and not c.stage_steps
                                 and state.stale_epochs >= c.patience):
-            save_checkpoint(self.checkpoint(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
+            self.save(self.checkpoint(), self.out / "stages" / f"{self.stages[state.stage]}.pt")
             if state.stage + 1 < len(self.stages):
                 self._enter_stage(state.stage + 1)
             else:
@@ -442,18 +470,18 @@ class Trainer(RunLoop):
         c = self.config
         if not c.recalibrate_norms:
             return
-        self.model.recalibrate_norms(middle_crops(self.validation_clips, self.train_set.crop_frames,
-                                                  c.batch_size, c.seed, self.device))
+        self.model.recalibrate_norms(self.world.shards(middle_crops(
+            self.validation_clips, self.train_set.crop_frames, c.batch_size, c.seed, self.device)))
 
     def _validate(self) -> dict:
         self._recalibrate_norms()
         if len(self.val_set) == 0:
             return {}
         errors = clip_errors(self.model, self.val_set, self.config.eval_batch_size, self.device,
-                             self.config.k_chunk)
+                             self.config.k_chunk, world=self.world)
         # unsupervised: the majority mapping of the whole training clips, as at evaluation
         mapping = mapping_for(self.model, self.config.mode, self.validation_clips, self.device,
-                              self.config.eval_batch_size)
+                              self.config.eval_batch_size, world=self.world)
         return evaluate(errors.numpy(), self.val_set.labels.numpy(), mapping,
                         self.val_set.num_classes)
 

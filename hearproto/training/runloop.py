@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -27,7 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from hearproto.data import prepare_dataset
-from hearproto.errors import CheckpointError, DatasetError, RunLocked, TrainingDiverged
+from hearproto.distributed import join_world
+from hearproto.errors import (CheckpointError, DatasetError, RunLocked, SettingError,
+                              TrainingDiverged)
 from hearproto.files import atomic_path
 from hearproto.frontend import FrontEnd
 from hearproto.memory import retain_freed_memory
@@ -91,17 +93,29 @@ class RunLoop:
                  description: str) -> None:
         """The device, threads and seed of ``config``, and its data: ``self.data``,
         ``self.train_set`` and ``self.val_set`` (training crops)."""
-        self.config, self.progress = config, progress
-        self.device = resolve_device(config.device)
+        self.world, self.device = join_world(resolve_device(config.device))
+        world = self.world
+        config.world_size = world.size
+        if world.parallel and getattr(config, "cuda_graphs", False):
+            raise SettingError("cuda_graphs", "cuda_graphs: a recorded step cannot hold the "
+                               "all-reduces of a run over several processes; train without it")
+        self.config, self.progress = config, progress and world.main
         if config.threads:
             torch.set_num_threads(config.threads)
+        elif world.parallel and self.device.type == "cpu":  # the processes share the cores
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         if self.device.type == "cpu":
             retain_freed_memory()
         torch.manual_seed(config.seed)  # the networks' initial weights
+        if not world.main:
+            world.barrier()  # rank 0 prepares the data (and writes the cache) first
         self.data = data = prepare_dataset(
             config.dataset, root=config.root, limit_per_class=config.limit_per_class,
             n_speakers=config.n_speakers, frontend=self._resumed_frontend(config),
-            progress=progress, split=config.split)
+            progress=self.progress, split=config.split)
+        if world.main:
+            world.barrier()
         if len(data.classes) < 2:
             raise DatasetError(f"{config.dataset} ({data.root}) has one class "
                                f"({', '.join(map(str, data.classes))}): identification needs "
@@ -178,8 +192,9 @@ class RunLoop:
 
     def summary(self) -> dict:
         state = self.state
+        among = {"rank": self.world.rank, "world_size": self.world.size} if self.world.parallel else {}
         return {"out": str(self.out), "epochs": state.epoch, "stop_reason": state.stop_reason,
-                "minutes": round(state.elapsed_seconds / 60, 2)}
+                "minutes": round(state.elapsed_seconds / 60, 2), **among}
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -190,6 +205,8 @@ class RunLoop:
                 "commits": list(self.commits)}
 
     def _write_metrics(self) -> None:
+        if not self.world.main:
+            return
         with atomic_path(self.out / "metrics.csv") as tmp:
             with open(tmp, "w", newline="") as handle:
                 csv.writer(handle).writerows([list(self.columns), *self.metrics])
@@ -206,14 +223,30 @@ class RunLoop:
 
     def fit(self) -> dict:
         """Run, or resume from ``out/last.pt``, until done; returns :meth:`summary`. The run
-        folder is locked meanwhile (:func:`exclusive`)."""
-        with exclusive(self.out):
-            return self._fit()
+        folder is locked meanwhile (:func:`exclusive`); among several processes, rank 0
+        alone locks and writes it."""
+        with exclusive(self.out) if self.world.main else nullcontext():
+            if not self.world.parallel:
+                return self._fit()
+            try:
+                return self._fit()
+            except RuntimeError as err:  # a collective that failed: say what to do, once
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise RuntimeError(
+                    f"{self.out}: process {self.world.rank} of {self.world.size} stopped: "
+                    f"{first}. If another process of the run died, run the same command again: "
+                    "it resumes from the last epoch saved") from err
+
+    def save(self, payload: dict, path: Path) -> None:
+        """Write checkpoint ``payload`` to ``path`` (rank 0 only)."""
+        if self.world.main:
+            save_checkpoint(payload, path)
 
     def _fit(self) -> dict:
         config, last = self.config, self.out / "last.pt"
         commit = git_commit()
-        _remove_stale_writes(self.out)
+        if self.world.main:
+            _remove_stale_writes(self.out)
         if last.is_file():
             payload = self._read_last(last)
             if payload.get("shipped"):
@@ -234,12 +267,14 @@ class RunLoop:
                     and not config.budget_spent(state.epoch, state.elapsed_seconds)):
                 state.done, state.stop_reason = False, ""  # a larger budget: go on
         else:
-            self.out.mkdir(parents=True, exist_ok=True)
+            if self.world.main:
+                self.out.mkdir(parents=True, exist_ok=True)
             self.metrics, self.commits = [], [commit]
             self._write_metrics()
             self.start()
-        with atomic_path(self.out / "config.json") as tmp:
-            tmp.write_text(json.dumps(asdict(config), indent=1))
+        if self.world.main:
+            with atomic_path(self.out / "config.json") as tmp:
+                tmp.write_text(json.dumps(asdict(config), indent=1))
         state = self.state
         started = time.perf_counter() - state.elapsed_seconds
         bar = tqdm(total=self.expected_epochs(), initial=state.epoch, unit="epoch",
@@ -254,7 +289,8 @@ class RunLoop:
                 raise TrainingDiverged(
                     f"{self.out}: the training loss became {self.epoch_loss()} in epoch "
                     f"{state.epoch}; {kept}. Try a smaller learning rate (lr={config.lr:g})")
-            state.elapsed_seconds = time.perf_counter() - started
+            # rank 0's clock, so that a time budget stops every process after the same epoch
+            state.elapsed_seconds = self.world.decide(time.perf_counter() - started)
             self.metrics.append(self.metrics_row(time.perf_counter() - epoch_start))
             self._write_metrics()
             bar.update(1)
@@ -264,7 +300,7 @@ class RunLoop:
             if spent:
                 state.done, state.stop_reason = True, spent
             self.before_save()
-            save_checkpoint(self.checkpoint(), last)
+            self.save(self.checkpoint(), last)
         bar.close()
         return self.summary()
 
