@@ -277,6 +277,29 @@ def test_runner_rejects_unknown_names():
         run_experiments(scale="huge")
 
 
+def test_the_built_in_data_are_prepared_before_any_page_runs(monkeypatch):
+    """Generating a built-in dataset reports on the console (notes dropped, clips extended):
+    the runner does it first, so that no page carries that report as a warning."""
+    import hearproto.data
+    from hearproto.runner import experiments
+
+    events = []
+    monkeypatch.setattr(hearproto.data, "prepare_dataset",
+                        lambda name, **kw: events.append(("prepare", name, kw.get("limit_per_class"))))
+    monkeypatch.setattr(experiments, "run_notebook",
+                        lambda template, output, *a, **kw: events.append(("page", output.name)))
+    monkeypatch.setattr(experiments, "write_provenance", lambda *a, **kw: None)
+    experiments.run_experiments(["datasets", "ablation"], scale="ci",
+                                datasets=["instruments", "folder"])
+    assert events[0] == ("prepare", "instruments", 5)  # the ci scale's size
+    assert [e for e in events if e[0] == "prepare"] == [events[0]]  # a folder is the user's
+    assert ("page", "datasets.ipynb") in events[1:]
+    events.clear()
+    experiments.run_experiments(["ablation"], scale="ci", datasets=["folder"],
+                                extra_parameters={"data_root": "somewhere"})
+    assert all(e[0] == "page" for e in events)
+
+
 def test_experiments_cli_wants_one_dataset_with_a_data_root(capsys):
     from hearproto import cli
 

@@ -204,6 +204,8 @@ def run_experiments(
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
     datasets = list(DEFAULT_DATASETS) if not datasets else datasets
     base = {"scale": scale, **(extra_parameters or {})}
+    if not checked_outputs_only and "data_root" not in base:
+        prepare_built_in(scale, datasets, progress)
     # a data folder and a speaker count belong to the per-dataset notebooks' dataset; the
     # general ones show the built-in datasets
     general = {k: v for k, v in base.items() if k not in DATASET_PARAMETERS}
@@ -238,6 +240,19 @@ def run_experiments(
             parameters, force=force, checked_outputs_only=checked_outputs_only,
             progress=progress, inputs=_summary_inputs(root, scale, Path(output_dir))))
     return runs
+
+
+def prepare_built_in(scale: str, datasets: list[str], progress: bool = True) -> None:
+    """Generate and cache the built-in ``datasets`` at ``scale``'s size before any page runs,
+    so that generating them (minutes, with its console report: notes dropped, clips
+    extended) happens here and never on a page; the pages then read the cache."""
+    from hearproto.data import prepare_dataset
+    from hearproto.data.registry import DATASETS
+    from hearproto.runner.runs import SCALE_SETTINGS
+
+    for name in datasets:
+        if name in DATASETS and DATASETS[name].builtin:
+            prepare_dataset(name, progress=progress, **SCALE_SETTINGS[scale]["data"])
 
 
 def _relative(path: Path, start: Path) -> str:
