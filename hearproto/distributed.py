@@ -117,6 +117,33 @@ class World:
         dist.all_gather_object(everyone, rows)
         return {key: value for part in everyone for key, value in part.items()}
 
+    def replicate_(self, model: nn.Module) -> nn.Module:
+        """``model`` ready to train among the processes, in place: its batch norms
+        synchronised (:func:`synchronise_norms`) and rank 0's weights on every rank."""
+        if self.parallel:
+            synchronise_norms(model)
+            self.broadcast_(model.state_dict().values())
+        return model
+
+    def backward(self, loss: Tensor, share: float, parameters: Iterable[nn.Parameter]) -> None:
+        """``loss.backward()``; among several processes, with the loss of this rank's share
+        weighted by ``share`` (:meth:`share`) and the gradients then averaged over the ranks
+        (:func:`average_gradients`)."""
+        if not self.parallel:
+            loss.backward()
+            return
+        (loss * share).backward()
+        average_gradients(parameters, self)
+
+    def sum_count(self, total: Tensor, count: int) -> tuple[Tensor, int]:
+        """A summed ``total`` (a scalar) and the ``count`` of items it sums, each added up
+        over the ranks."""
+        if not self.parallel:
+            return total, count
+        sums = self.sum(torch.stack([total.double(), torch.tensor(
+            float(count), dtype=torch.float64, device=total.device)]))
+        return sums[0], int(sums[1])
+
     def barrier(self) -> None:
         if self.parallel:
             dist.barrier()

@@ -30,7 +30,7 @@ from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
 from hearproto.baselines.probe import kmeans_scores
 from hearproto.data.dataset import ClipDataset, crop_batches, tile_frames, whole_clip_batches
-from hearproto.distributed import World, average_gradients, synchronise_norms
+from hearproto.distributed import World
 from hearproto.frontend import FrontEnd
 from hearproto.metrics import accuracies
 from hearproto.provenance import describe_device
@@ -183,9 +183,7 @@ class BaselineRun(RunLoop):
         self.model = build_baseline(config.model, self.train_set.num_classes,
                                     data.frontend.n_mels, self.frames,
                                     config.apnet_prototypes).to(device)
-        if self.world.parallel:  # batch norm over the global batch; rank 0's initial weights
-            synchronise_norms(self.model)
-            self.world.broadcast_(self.model.state_dict().values())
+        self.world.replicate_(self.model)  # batch norm over the global batch, rank 0's weights
         self.optimizer = self._optimizer()
         self.loader_generator.manual_seed(config.seed)
         self.state = _State()
@@ -239,11 +237,7 @@ class BaselineRun(RunLoop):
             else:
                 loss, _ = model.loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            if world.parallel:
-                (loss * share).backward()
-                average_gradients(model.parameters(), world)
-            else:
-                loss.backward()
+            world.backward(loss, share, model.parameters())
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             self.optimizer.step()
@@ -251,10 +245,7 @@ class BaselineRun(RunLoop):
             count += len(y)
             state.steps += 1
         state.epoch += 1
-        if world.parallel:
-            sums = world.sum(torch.stack([total.cpu(), torch.tensor(count, dtype=torch.float64)])
-                             .to(self.device))
-            total, count = sums[0], int(sums[1])
+        total, count = world.sum_count(total, count)
         self._loss = float(total) / count
         self._val = _validation(model, config.model, self.val_set, config.eval_batch_size,
                                 self.device, self.frames, world) if len(self.val_set) else {}

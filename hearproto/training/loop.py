@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from hearproto.data.dataset import clip_statistics, crop_batches, subset
-from hearproto.distributed import average_gradients, synchronise_norms
 from hearproto.errors import RunMismatch
 from hearproto.metrics import evaluate
 from hearproto.model import TRANSFORMATIONS, PrototypeModel
@@ -116,9 +115,7 @@ class Trainer(RunLoop):
         self.stages = stages_for(config.mode, config.held_stages)
         self.model = PrototypeModel(k, self.data.frontend, config.beta_init,
                                     config.beta_parametrisation).to(self.device)
-        if self.world.parallel:  # batch norm over the global batch; rank 0's initial weights
-            synchronise_norms(self.model)
-            self.world.broadcast_(self.model.state_dict().values())
+        self.world.replicate_(self.model)  # batch norm over the global batch, rank 0's weights
         self.optimizer = self._optimizer()
         self.held_labels: Tensor | None = None  # (N,) the initial cluster of each training clip
         self.state = _State()
@@ -301,11 +298,9 @@ class Trainer(RunLoop):
             count += len(y)
             if callback is not None:
                 callback(self.state.step)
-        if world.parallel:  # the epoch's loss and choices over every process's clips
-            sums = world.sum(torch.stack([total.cpu(), torch.tensor(count, dtype=torch.float64)])
-                             .to(self.device))
-            total, count = sums[0], int(sums[1])
-            world.sum(self._counts)
+        # the epoch's loss and choices over every process's clips
+        total, count = world.sum_count(total, count)
+        world.sum(self._counts)
         return float(total) / count, self._counts.cpu().numpy().copy()
 
     def _step(self, x: Tensor, y: Tensor, plan: _StepPlan) -> Tensor:
@@ -339,11 +334,7 @@ class Trainer(RunLoop):
             winners = errors.detach().argmin(1)
             self._counts.index_add_(0, winners, torch.ones_like(winners))
         self.optimizer.zero_grad(set_to_none=True)
-        if self.world.parallel:
-            (loss * self._share).backward()
-            average_gradients(self.model.parameters(), self.world)
-        else:
-            loss.backward()
+        self.world.backward(loss, self._share, self.model.parameters())
         self.optimizer.step()
         return loss.detach()
 
