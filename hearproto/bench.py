@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from hearproto.distributed import World
 from hearproto.errors import SettingError
-from hearproto.memory import MALLOC_CHOICES, retain_freed_memory
+from hearproto.memory import MALLOC_CHOICES, peak_resident_bytes, retain_freed_memory
 from hearproto.training.config import RECIPES, TrainConfig
 
 __all__ = ["SHAPES", "ANCHORS", "run_benchmarks", "bench_step", "reference_benchmarks"]
@@ -46,19 +47,12 @@ ANCHORS = {("cpu", "sol", 16): (10.75, 1.58), ("cpu", "librispeech", 16): (4.06,
 REFERENCE_SHAPES = {"sol": "sol", "librispeech": "libri"}
 
 
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 3,
                k_chunk: int = TrainConfig.k_chunk, bf16: bool = False, threads: int | None = None,
                compiled: bool = True, kernel: str = "fused", profile: int = 0,
                malloc: str = "retain", graphs: bool = False,
-               cudnn_benchmark: bool = False) -> dict:
+               cudnn_benchmark: bool = False, prototypes: int | None = None,
+               frames: int | None = None, world: World = World()) -> dict:
     """Time ``repeats`` training steps (after one warm-up) in this process. ``kernel``:
     ``fused`` (:mod:`hearproto.kernels`) or ``torch`` (chunks of tensor operations,
     ``k_chunk`` prototypes at a time, fused by torch.compile when ``compiled``). ``malloc``:
@@ -68,7 +62,10 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     (torch.profiler; device time on CUDA), as ``[name, ms per step, calls per step]``.
     ``graphs``: the step is recorded as a CUDA graph and replayed (CUDA only).
     ``cudnn_benchmark``: cuDNN times its algorithms for each convolution's shapes first and
-    keeps the fastest (``torch.backends.cudnn.benchmark``; CUDA only)."""
+    keeps the fastest (``torch.backends.cudnn.benchmark``; CUDA only). ``prototypes`` and
+    ``frames``: K and T in place of the shape's. Among several processes (``world``, joined
+    by the caller), each takes its share of the same global batch of ``batch_size`` clips,
+    with batch norm synchronised and the gradients averaged, as a data-parallel run does."""
     from hearproto.frontend import PRESETS
     from hearproto.kernels import fused_available, use_backend
     from hearproto.model import TRANSFORMATIONS, PrototypeModel
@@ -78,6 +75,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     if threads:
         torch.set_num_threads(threads)
     k, t, preset = SHAPES[shape]
+    k, t = prototypes or k, frames or t
     torch.manual_seed(0)
     dev = torch.device(device)
     if graphs and dev.type != "cuda":
@@ -92,12 +90,15 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     model = PrototypeModel(k, PRESETS[preset]).to(dev)
     for name in TRANSFORMATIONS:
         model.activate(name)
+    world.replicate_(model)
     # the paper's settings, as the authors' step that the rows are compared with
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPES["paper"]["lr"],
                                   weight_decay=TrainConfig.weight_decay, fused=True,
                                   capturable=graphs)
     x = torch.rand(batch_size, t, 128, device=dev)
     y = torch.randint(k, (batch_size,), device=dev)
+    share = world.share(batch_size)
+    x, y = world.shard(x), world.shard(y)
 
     if kernel == "fused" and not fused_available(dev):
         raise RuntimeError(f"no fused kernel on {device} here (see the warning above)")
@@ -110,7 +111,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
             errors = model.errors(x, k_chunk, compiled)[0].float()
         loss = loss_from_errors(errors, y, "supervised", model.beta, TrainConfig.lambda_ce, True)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        world.backward(loss, share, model.parameters())
         optimizer.step()
         return loss.detach()
 
@@ -137,11 +138,12 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     seconds = sorted(times)[len(times) // 2]
-    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _peak_rss_bytes()
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak_resident_bytes()
     result = {"shape": shape, "K": k, "T": t, "F": 128, "batch_size": batch_size,
               "device": device, "kernel": kernel, "bf16": bf16, "k_chunk": k_chunk,
               "compiled": compiled and kernel == "torch", "graphs": graphs,
               "cudnn_benchmark": cudnn_benchmark,
+              "processes": world.size,
               "threads": torch.get_num_threads(), "malloc": "retain" if retained else "system",
               "seconds_per_step": round(seconds, 4), "clips_per_second": round(batch_size / seconds, 2),
               "peak_memory_gb": round(peak / 2**30, 3)}
@@ -150,7 +152,7 @@ def bench_step(shape: str, batch_size: int, device: str = "cpu", repeats: int = 
     if profile:
         result["profile"] = _profile(step, dev, profile)
     anchor = ANCHORS.get((dev.type, shape, batch_size))
-    if anchor:
+    if anchor and (k, t) == SHAPES[shape][:2] and not world.parallel:
         result["anchor_clips_per_second"], result["anchor_peak_memory_gb"] = anchor
         result["speedup_vs_anchor"] = round(result["clips_per_second"] / anchor[0], 2)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -565,6 +566,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     from hearproto.bench import format_table, run_benchmarks
 
+    if args.growth:
+        return _growth(args)
     report = run_benchmarks(
         device=args.device, shapes=args.shapes.split(",") if args.shapes else None,
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
@@ -575,6 +578,53 @@ def _bench(args: argparse.Namespace) -> int:
         cudnn_benchmarks=_on_off(args.cudnn_benchmark, "cudnn_benchmark"),
         separate={"rows": True, "together": False}.get(args.processes))
     print(json.dumps(report, indent=1) if args.json else format_table(report))
+    return 0
+
+
+def _growth(args: argparse.Namespace) -> int:
+    """``hearproto bench --growth PARTS``: :func:`hearproto.growth.run_growth`."""
+    import json
+
+    from hearproto.errors import SettingError
+    from hearproto.files import data_home
+    from hearproto.growth import PARTS, format_growth, run_growth
+
+    def numbers(text: str | None, setting: str) -> list[int] | None:
+        if text is None:
+            return None
+        try:
+            return [int(v) for v in text.split(",")]
+        except ValueError:
+            raise SettingError(setting, f"{setting} takes comma-separated whole numbers, got "
+                               f"{text!r}") from None
+
+    parts = PARTS if args.growth == "all" else args.growth.split(",")
+    if set(parts) - set(PARTS):
+        raise SettingError("growth", f"--growth takes all or some of {','.join(PARTS)}, got "
+                           f"{args.growth!r}")
+    if args.device not in ("auto", "cpu"):
+        raise SettingError("device", "the growth benchmarks run on the CPU; leave --device out")
+    ddp = None
+    if args.ddp:
+        try:
+            ddp = [tuple(int(n) for n in item.split("x")) for item in args.ddp.split(",")]
+        except ValueError:
+            ddp = [()]
+        if any(len(pair) != 2 or min(pair) < 1 for pair in ddp):
+            raise SettingError("ddp", f"--ddp takes PROCESSESxTHREADS pairs such as 1x1,2x1, "
+                               f"got {args.ddp!r}")
+    batch_sizes = numbers(args.batch_sizes, "batch_sizes")
+    workdir = Path(args.growth_dir) if args.growth_dir else data_home() / "growth"
+    workdir.mkdir(parents=True, exist_ok=True)
+    report = run_growth(
+        list(parts), workdir, clips=numbers(args.clips, "clips"),
+        prototypes=numbers(args.prototypes, "prototypes"), frames=numbers(args.frames, "frames"),
+        eval_clips=numbers(args.eval_clips, "eval_clips"),
+        batch_size=batch_sizes[0] if batch_sizes else None, ddp=ddp, threads=args.threads)
+    print(json.dumps(report, indent=1) if args.json else format_growth(report))
+    if "data" in parts:
+        print(f"(the generated clips stay in {workdir} for the next run; delete it to free the "
+              "space)", file=sys.stderr)
     return 0
 
 
@@ -799,6 +849,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--processes", choices=("auto", "rows", "together"), default="auto",
                        help="a fresh process per row (CPU default: its own peak memory) or "
                        "all rows together (CUDA default: CUDA starts once)")
+    growth = bench.add_argument_group(
+        "growth", "how each cost grows (each point in a fresh process; docs/scale.md)")
+    growth.add_argument("--growth", metavar="PARTS",
+                        help="measure these instead of the step table: all, or some of data "
+                        "(preparing N generated clips), step (K x T), eval (clips x K), ddp "
+                        "(1 and 2 processes), comma-separated")
+    growth.add_argument("--clips", metavar="N,N", help="data: clips (default: 1000,10000,100000)")
+    growth.add_argument("--prototypes", metavar="K,K",
+                        help="step and eval: prototypes (default: 33,128,512)")
+    growth.add_argument("--frames", metavar="T,T",
+                        help="step: crop frames (default: 128,256,512,1024)")
+    growth.add_argument("--eval-clips", metavar="N,N",
+                        help="eval: clips of 128 frames (default: 250,1000,4000)")
+    growth.add_argument("--ddp", metavar="PxH,PxH",
+                        help="ddp: processes x threads each (default: 1x1,1x2,2x1)")
+    growth.add_argument("--growth-dir", metavar="DIR",
+                        help="data: where the generated clips are kept for the next run "
+                        "(default: growth/ in the data home)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 
@@ -910,7 +978,12 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         warnings.formatwarning = _one_line_warnings
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, so that a reader who has gone is seen below
+        return code
+    except BrokenPipeError:  # the reader stopped early (`| head`): end quietly, as tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # what the shell reports for a program ended by SIGPIPE
     except KeyboardInterrupt:
         if debug:
             raise

@@ -17,7 +17,7 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["retain_freed_memory", "MALLOC_CHOICES"]
+__all__ = ["retain_freed_memory", "peak_resident_bytes", "MALLOC_CHOICES"]
 
 #: ``HEARPROTO_MALLOC``'s values (and ``hearproto bench --malloc``'s): freed memory kept, or
 #: glibc's default.
@@ -53,3 +53,15 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return _applied
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set size so far (Linux's VmHWM; 0 where there is none)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -6,6 +6,9 @@ line."""
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +120,18 @@ def test_the_cli_lists_the_top_prototypes_as_a_table_and_as_json(trained, tmp_pa
     [found] = json.loads(capsys.readouterr().out)
     assert found["summary"][0]["name"] == identify(clip, checkpoint).best.name
     assert len(found["summary"]) == 3 and found["mode"] == "supervised"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(trained):
+    """``hearproto identify ... --json | head -c 1``: the reader leaves and the command ends
+    with the shell's code for a closed pipe, and nothing on stderr."""
+    checkpoint, root = trained
+    clip = sorted((root / "mid").glob("*.wav"))[0]
+    command = (f"{shlex.quote(sys.executable)} -m hearproto identify {shlex.quote(str(clip))} "
+               f"--model {shlex.quote(str(checkpoint))} --json | head -c 1")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout == "[" and done.stderr == "" and done.returncode == 141
 
 
 def test_bad_input_gets_one_line_each_and_the_good_files_go_on(trained, tmp_path, capsys):
