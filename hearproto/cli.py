@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -982,6 +981,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a reader who has gone is seen below
         return code
     except BrokenPipeError:  # the reader stopped early (`| head`): end quietly, as tools do
+        import os
+
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141  # what the shell reports for a program ended by SIGPIPE
     except KeyboardInterrupt:

@@ -295,7 +295,8 @@ def run_growth(parts: list[str], workdir: str | os.PathLike, clips: list[int] | 
                  for k in prototypes for t in frames],
         "eval": [{"clips": n, "prototypes": k, "frames": eval_frames, "threads": threads}
                  for k in prototypes for n in eval_clips],
-        "ddp": [{"processes": p, "threads": h, "batch_size": batch_size} for p, h in ddp],
+        "ddp": [{"processes": p, "threads": h, "batch_size": batch_size, "repeats": 5}
+                for p, h in ddp],  # the median of 5: two processes' steps vary more
     }[part]]
     rows: dict[str, list[dict]] = {part: [] for part in PARTS if part in parts}
     for part, point in tqdm(plan, desc="growth", unit="point", disable=not progress):
@@ -332,10 +333,11 @@ def _fits(part: str, points: list[dict]) -> dict:
                          "peak_memory_gb": fit(fit_affine, ["T", "K*T"], "peak_memory_gb")}}
     if part == "eval":
         return {"fits": {"seconds": fit(fit_power_law, ["clips", "K"], "seconds"),
-                         "peak_memory_gb": fit(fit_affine, ["clips", "clips*K"],
-                                               "peak_memory_gb")}}
-    base = next((p for p in points if p["cores"] == 1), None)
+                         # the features of every clip, and a batch's maps of K prototypes
+                         "peak_memory_gb": fit(fit_affine, ["clips", "K"], "peak_memory_gb")}}
     for p in points:
+        base = next((b for b in points if b["cores"] == 1 and b["batch_size"] == p["batch_size"]
+                     and b["shape"] == p["shape"]), None)
         if base:
             p["speedup"] = round(base["seconds_per_step"] / p["seconds_per_step"], 2)
             p["efficiency"] = round(p["speedup"] / p["cores"], 2)
@@ -430,7 +432,7 @@ def format_growth(report: dict) -> str:
                   "- peak memory: " + _affine(
                       fits["peak_memory_gb"], "GB", 1,
                       {"clips": ("kB per clip", 2**30 / 1e3),
-                       "clips*K": ("bytes per clip and prototype", 2**30)}),
+                       "K": ("MB per prototype", 2**30 / 1e6)}),
                   f"- per clip and prototype: {min(rates):.1f} to {max(rates):.1f} µs"]
     if "ddp" in parts:
         part = parts["ddp"]

@@ -159,9 +159,10 @@ def _train_sgd(rank: int, config: TrainConfig, record: Path) -> None:
 
 def _assert_same_gradients(alone: list, ranks: list[list], label: str) -> None:
     """Each step's gradients: the same on every process, and those of one process."""
-    # measured: the whole step at most 8e-5 apart (relative), one parameter's 2.5e-2 (a
+    # measured: the whole step at most 1.7e-4 apart (relative), one parameter's 4.3e-2 (a
     # gradient that is mostly cancellation); batch norm on each share instead of the whole
-    # batch puts them 0.66-1.0 and 3-4 apart
+    # batch puts them 0.66-1.0 and 3-4 apart. A parameter whose gradient is below 1e-6 of the
+    # step's (a bias before a batch norm: zero but for rounding) is rounding on both sides.
     assert len(alone) == len(ranks[0]) == len(ranks[1])
     for step, (a, b, c) in enumerate(zip(alone, *ranks)):
         assert [g is None for g in a] == [g is None for g in b]  # switched on alike
@@ -174,7 +175,7 @@ def _assert_same_gradients(alone: list, ranks: list[list], label: str) -> None:
         assert apart <= 1e-3, f"{label}, step {step + 1}: the gradients {apart:.1e} apart"
         for i in present:
             size = float(a[i].norm())
-            if size > 0:
+            if size > 1e-6 * float(whole_a.norm()):
                 apart = float((a[i] - b[i]).norm()) / size
                 assert apart <= 0.1, f"{label}, step {step + 1}, parameter {i}: {apart:.1e} apart"
 

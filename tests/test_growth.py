@@ -29,14 +29,16 @@ def test_a_power_law_is_recovered_from_its_points():
 
 
 def test_a_fixed_footprint_plus_a_part_per_item_is_recovered():
-    """Memory: 0.3 GB the process holds anyway, 2 kB per clip and 8 bytes per clip and
-    prototype; a products of variables is named ``clips*K``."""
-    points = [{"clips": n, "K": k, "gb": 0.3 + (2e3 * n + 8 * n * k) / 2**30}
-              for n in (250, 1000, 4000) for k in (33, 512)]
-    found = fit_affine(points, ["clips", "clips*K"], "gb")
+    """Memory: 0.3 GB the process holds anyway, 2 kB per clip, 1 MB per prototype and 8
+    bytes per clip and prototype; a product of variables is named ``clips*K``."""
+    points = [{"clips": n, "K": k, "gb": 0.3 + (2e3 * n + 1e6 * k + 8 * n * k) / 2**30}
+              for n in (250, 1000, 4000) for k in (33, 128, 512)]
+    found = fit_affine(points, ["clips", "K", "clips*K"], "gb")
     assert found["intercept"] == pytest.approx(0.3, rel=1e-6)
     assert found["slopes"]["clips"] * 2**30 == pytest.approx(2e3, rel=1e-4)
+    assert found["slopes"]["K"] * 2**30 == pytest.approx(1e6, rel=1e-4)
     assert found["slopes"]["clips*K"] * 2**30 == pytest.approx(8, rel=1e-4)
+    assert fit_affine(points, ["clips"], "gb")["r2"] < 0.99  # a missing term shows
 
 
 def test_data_points_cache_one_clips_frames_per_clip(tmp_path, monkeypatch):
