@@ -6,7 +6,7 @@ line."""
 from __future__ import annotations
 
 import json
-import shlex
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,15 +123,20 @@ def test_the_cli_lists_the_top_prototypes_as_a_table_and_as_json(trained, tmp_pa
 
 
 def test_a_reader_that_stops_early_ends_the_command_quietly(trained):
-    """``hearproto identify ... --json | head -c 1``: the reader leaves and the command ends
-    with the shell's code for a closed pipe, and nothing on stderr."""
+    """``hearproto identify ... --json | head``: where the reader has gone before the command
+    writes (a pipe whose reading end is closed, so that every write fails as it would), the
+    command ends with the shell's code for a closed pipe and nothing on stderr."""
     checkpoint, root = trained
     clip = sorted((root / "mid").glob("*.wav"))[0]
-    command = (f"{shlex.quote(sys.executable)} -m hearproto identify {shlex.quote(str(clip))} "
-               f"--model {shlex.quote(str(checkpoint))} --json | head -c 1")
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
-                          text=True, timeout=300)
-    assert done.stdout == "[" and done.stderr == "" and done.returncode == 141
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "hearproto", "identify", str(clip),
+                               "--model", str(checkpoint), "--json"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 141
 
 
 def test_bad_input_gets_one_line_each_and_the_good_files_go_on(trained, tmp_path, capsys):
