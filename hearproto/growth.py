@@ -45,6 +45,14 @@ DEFAULTS = {"clips": [1_000, 10_000, 100_000], "prototypes": [33, 128, 512],
 CLIP_RATE, CLIP_SECONDS, CLIP_CLASSES = 16_000, 1.0, 10
 
 
+def _least_squares(design: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+    """The least-squares solution of ``design @ solution ≈ target`` and its R²."""
+    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
+    residual = target - design @ solution
+    spread = float(np.sum((target - target.mean()) ** 2))
+    return solution, 1.0 - float(np.sum(residual ** 2)) / spread if spread > 0 else 1.0
+
+
 def fit_power_law(points: list[dict], variables: list[str], value: str) -> dict:
     """Least squares of ``log value`` on ``log variables``: ``{"exponents": {name: a},
     "coefficient": c, "r2": ...}`` for ``value ≈ c · Π variable^a``. Points whose value is
@@ -56,10 +64,7 @@ def fit_power_law(points: list[dict], variables: list[str], value: str) -> dict:
     design = np.column_stack([np.ones(len(rows))] + [np.log([float(r[v]) for r in rows])
                                                      for v in variables])
     target = np.log([float(r[value]) for r in rows])
-    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
-    residual = target - design @ solution
-    spread = float(np.sum((target - target.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual ** 2)) / spread if spread > 0 else 1.0
+    solution, r2 = _least_squares(design, target)
     return {"exponents": {v: round(float(a), 3) for v, a in zip(variables, solution[1:])},
             "coefficient": float(np.exp(solution[0])), "r2": round(r2, 4)}
 
@@ -75,10 +80,7 @@ def fit_affine(points: list[dict], variables: list[str], value: str) -> dict:
     design = np.column_stack([np.ones(len(rows))] + [
         [float(np.prod([r[name] for name in v.split("*")])) for r in rows] for v in variables])
     target = np.array([float(r[value]) for r in rows])
-    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
-    residual = target - design @ solution
-    spread = float(np.sum((target - target.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual ** 2)) / spread if spread > 0 else 1.0
+    solution, r2 = _least_squares(design, target)
     return {"intercept": float(solution[0]),
             "slopes": {v: float(c) for v, c in zip(variables, solution[1:])}, "r2": round(r2, 4)}
 
@@ -141,12 +143,11 @@ def data_point(root: str, cache_dir: str) -> dict:
     reopen = time.perf_counter() - start
     if again.store.computed:
         raise RuntimeError(f"the cache under {cache_dir} was not reused")
-    clips = len(data.table)
+    clips, cache = len(data.table), _folder_bytes(data.store.directory)
     return {"clips": clips, "frames": int(data.store.index["frames"].sum()),
             "seconds": round(seconds, 2), "ms_per_clip": round(1e3 * seconds / clips, 3),
             "peak_memory_gb": round(peak / 2**30, 3),
-            "cache_bytes": _folder_bytes(data.store.directory),
-            "cache_kb_per_clip": round(_folder_bytes(data.store.directory) / clips / 1e3, 2),
+            "cache_bytes": cache, "cache_kb_per_clip": round(cache / clips / 1e3, 2),
             "reopen_seconds": round(reopen, 2)}
 
 
