@@ -18,10 +18,12 @@ from hearproto.data import prepare_dataset
 from hearproto.errors import CheckpointError, DatasetError
 from hearproto.runner import runs
 from hearproto.runner.shipped import (budget_of, default_keep, ensure_unpacked, is_unpacked,
-                                      ship_run, shipped_files, shipped_runs_table, unpack_run)
+                                      ship_run, shipped_files, shipped_runs_table, shipped_scores,
+                                      unpack_run)
 from hearproto.runner import tables
 from hearproto.runner.tables import evaluate_rows
-from hearproto.training import TrainConfig, evaluate_checkpoint, load_checkpoint, train
+from hearproto.training import (TrainConfig, evaluate_checkpoint, load_checkpoint,
+                                read_checkpoint, train)
 
 pytestmark = pytest.mark.usefixtures("data_home")
 
@@ -66,6 +68,10 @@ def test_a_shipped_run_unpacks_to_checkpoints_that_score_as_the_originals(run, t
         for key, tensor in original.state_dict().items():
             assert unpacked.state_dict()[key].dtype == tensor.dtype
             torch.testing.assert_close(unpacked.state_dict()[key], tensor, rtol=1e-3, atol=1e-3)
+    # the training clips' paths travel compressed and come back whole
+    seen = read_checkpoint(run / "last.pt")["data"]["train_paths"]
+    assert "train_paths" not in sidecar["data"] and len(seen) > 10
+    assert read_checkpoint(copy / "last.pt")["data"]["train_paths"] == seen
 
 
 def test_a_damaged_shipped_file_is_refused(run, tmp_path):
@@ -170,6 +176,9 @@ def test_train_runs_leaves_alone_the_runs_weights_ships_from_these_data(tones, t
     assert "weights/ ships it" in lines[0] and not Path(first[0]["out"]).exists()
     status = runs.runs_status("ci", ["folder"], ["direct"], [0], root=str(tones))
     assert list(status["state"]) == ["shipped in weights/"]
+    # its training is counted as it was trained, so that the status totals every run's
+    assert status.loc[0, "epochs"] == first[0]["epochs"]
+    assert status.loc[0, "minutes"] == round(float(first[0]["minutes"]), 1)
     monkeypatch.setenv("HEARPROTO_RETRAIN", "1")
     retrained = runs.train_runs("ci", ["folder"], ["direct"], [0], **train)
     assert retrained[0]["stop_reason"] != "shipped in weights/"
@@ -225,6 +234,8 @@ def test_a_run_shipped_as_rows_gives_its_scores_to_the_tables(direct, tones, tmp
     assert rows.loc[0, ["OA", "AA", "clips"]].tolist() == [expected["OA"], expected["AA"],
                                                           expected["clips"]]
     assert rows.loc[0, "seed"] == 0 and rows.loc[0, "epochs"] is not None
+    stored = shipped_scores(copy / "best.pt", "test")["contents"]["data"]["train_paths"]
+    assert stored == read_checkpoint(direct / "best.pt")["data"]["train_paths"]
     with pytest.raises(CheckpointError, match="without its val scores"):
         evaluate_rows([(copy / "best.pt", {})], "val")
     # the floor beside it is computed on the data its stored scores name

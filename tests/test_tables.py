@@ -148,6 +148,28 @@ def test_held_out_sources_add_the_unseen_bank_column(tmp_path, monkeypatch):
     assert len(clustering_rows) == 4 + 2 * 3
 
 
+def test_the_unseen_bank_mean_needs_a_run_on_every_held_out_lineage():
+    """A method trained without only some of the lineages gets their columns but no mean: a
+    mean over fewer lineages than another method's would be over other test clips."""
+    def row(method, split, oa):
+        return {"method": method, "OA": oa, "config": json.dumps({"split": split})}
+
+    runs = pd.DataFrame([row("Ours", "random", 90.0), row("Direct", "random", 88.0),
+                         row("Ours", "heldout-a", 40.0), row("Ours", "heldout-b", 60.0),
+                         row("Direct", "heldout-a", 30.0)])
+    table = pd.DataFrame({"method": ["Ours", "Direct", "Probe"], "OA": [90.0, 88.0, 40.0],
+                          "clips": [10, 10, 10]})
+    by_method = tables_module.with_unseen(table, runs).set_index("method")
+    assert list(by_method.columns) == ["OA", UNSEEN, "clips", "unseen a OA", "unseen b OA"]
+    assert by_method.loc["Ours", UNSEEN] == 50.0
+    assert by_method.loc["Direct", "unseen a OA"] == 30.0
+    assert pd.isna(by_method.loc["Direct", UNSEEN]) and pd.isna(by_method.loc["Probe", UNSEEN])
+    paragraph = tables_module.unseen_markdown(by_method.reset_index(), 0, "the probe")
+    assert "Ours a 40.0, b 60.0; Direct a 30.0, b —." in paragraph
+    assert "Probe" not in paragraph and "nan" not in paragraph
+    assert tables_module.unseen_markdown(table, 0, "the probe") is None
+
+
 def _seed_rows(values: dict[str, list[float]]) -> pd.DataFrame:
     """Runs rows of Table 3's methods: per method label, one OA per seed."""
     return pd.DataFrame([{"method": method, "seed": seed, "OA": oa, "AA": oa, "L_rec": None,

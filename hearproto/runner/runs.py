@@ -373,7 +373,10 @@ def runs_status(scale: str, datasets, methods=METHODS, seeds=(0,), heldout: bool
         row = {"run": str(spec), "state": "not started", "epochs": 0, "minutes": 0.0,
                "stop reason": "", "folder": str(out)}
         if uses_shipped(config):
-            row["state"] = "shipped in weights/"
+            # what training it took where it was trained, so that the total is every run's
+            sidecar = json.loads(shipped_files(out, scale, spec.dataset)[1].read_text())
+            row.update(state="shipped in weights/", epochs=len(sidecar.get("metrics") or []),
+                       minutes=round(float(sidecar.get("minutes") or 0.0), 1))
         elif is_unpacked(out):
             row["state"] = "unpacked, shipped from other data"
         elif trained_here(out):

@@ -10,7 +10,9 @@ A shipped run is two files in ``weights/SCALE/DATASET/``, named after its run fo
   tensor is stored once however many checkpoints hold it (a decoder does not change before
   its stage), checkpoint by checkpoint in float16 unless that moves its validation scores;
 * ``RUN.json``: what made the run (its config, the commits that trained it, the device, the
-  training time, its data: classes and split hash), each checkpoint's other contents (stage,
+  training time, its data: split hash and training clips, the list of their paths
+  xz-compressed, since it is the same long list for every run on one split), each
+  checkpoint's other contents (stage,
   state, metrics rows), which stored tensor each of its weights is, and the sha256 of the
   safetensors file, and the scores the tables read (:func:`shipped_scores`): the evaluated
   checkpoint's on the test split, each stage checkpoint's on the validation split, so that
@@ -27,9 +29,11 @@ training it, unless told to retrain (``HEARPROTO_RETRAIN=1``, ``experiments run 
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import json
+import lzma
 import math
 import os
 import shutil
@@ -45,7 +49,8 @@ from hearproto.training.checkpoints import read_checkpoint, save_checkpoint
 
 __all__ = ["SHIPPED_FORMAT", "SHIPPED_MARKER", "KEEP", "weights_dir", "shipped_files",
            "default_keep", "is_finished", "ship_run", "shipped_scores", "unpack_run",
-           "is_unpacked", "ensure_unpacked", "retraining", "budget_of", "shipped_runs_table"]
+           "is_unpacked", "ensure_unpacked", "retraining", "budget_of", "shipped_runs_table",
+           "packed_data", "unpacked_data"]
 
 SHIPPED_FORMAT = 1
 #: Written last into a run folder unpacked from ``weights/``: the sidecar it came from.
@@ -139,11 +144,33 @@ def _contents(payload: dict) -> dict:
                         (*TRAINING_ONLY, "model", "held_labels", "data", "metrics", "commits")})
 
 
+def packed_data(data: dict | None) -> dict | None:
+    """A checkpoint's data identity as a sidecar stores it: the training clips' paths (about
+    300 kB of JSON for the instruments, the same for every run on a split) as one
+    base64 string of their xz-compressed lines (about 18 kB)."""
+    if not data or "train_paths" not in data:
+        return data
+    lines = "\n".join(data["train_paths"]).encode()
+    packed = {k: v for k, v in data.items() if k != "train_paths"}
+    return {**packed, "train_paths_xz": base64.b64encode(lzma.compress(lines)).decode("ascii")}
+
+
+def unpacked_data(data: dict | None) -> dict | None:
+    """The inverse of :func:`packed_data`; a sidecar written before it (the list as is) is
+    returned unchanged."""
+    if not data or "train_paths_xz" not in data:
+        return data
+    lines = lzma.decompress(base64.b64decode(data["train_paths_xz"])).decode()
+    unpacked = {k: v for k, v in data.items() if k != "train_paths_xz"}
+    return {**unpacked, "train_paths": lines.split("\n") if lines else []}
+
+
 def _facts(run: Path, last: dict) -> dict:
     """Run-level facts, from its last checkpoint and metrics.csv."""
     with open(run / "metrics.csv", newline="") as handle:
         columns = next(csv.reader(handle))
-    return {"config": last["config"], "data": last.get("data"), "metrics_columns": columns,
+    return {"config": last["config"], "data": packed_data(last.get("data")),
+            "metrics_columns": columns,
             "commits": last.get("commits", []), "trained_on": last.get("trained_on"),
             "metrics": last.get("metrics", []),
             "minutes": round(last["state"]["elapsed_seconds"] / 60, 2)}
@@ -312,7 +339,8 @@ def shipped_scores(checkpoint: str | os.PathLike, split: str, clustering: bool =
     sidecar = json.loads(marker.read_text())
     for entry in sidecar.get("scores") or []:
         if (entry["checkpoint"], entry["split"], entry["clustering"]) == (name, split, clustering):
-            return {**entry, "contents": {**entry["contents"], "data": sidecar.get("data")}}
+            return {**entry, "contents": {**entry["contents"],
+                                          "data": unpacked_data(sidecar.get("data"))}}
     if checkpoint.is_file():
         return None
     kind = "clustering " if clustering else ""
@@ -328,7 +356,7 @@ def _write_checkpoint(path: Path, description: dict, tensors: dict, facts: dict,
     held = description.get("held_labels")
     payload = {**description["contents"], "model": weights,
                "held_labels": None if held is None else tensors[held],
-               "data": facts.get("data"), "commits": facts.get("commits", []),
+               "data": unpacked_data(facts.get("data")), "commits": facts.get("commits", []),
                "metrics": metrics[:description["metrics_rows"]], "shipped": True}
     save_checkpoint(payload, path)
 

@@ -45,7 +45,7 @@ from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkp
                                 read_checkpoint, resolve_device, stages_for)
 from hearproto.training.config import RunConfig
 
-__all__ = ["HEADLINE_SEEDS", "HEADLINE_UNSEEN", "READ_ONLY_SCALES", "FLOORS", "PAPERS_UNSUPERVISED", "departures", "UNSEEN", "data_splits", "unseen_splits", "headline_note", "headline_table", "headline_view",
+__all__ = ["HEADLINE_SEEDS", "HEADLINE_UNSEEN", "READ_ONLY_SCALES", "FLOORS", "PAPERS_UNSUPERVISED", "departures", "UNSEEN", "data_splits", "unseen_splits", "headline_note", "headline_table", "headline_view", "unseen_markdown",
            "with_spread", "evaluate_rows", "table1", "table1_note", "table2", "table3",
            "write_tables"]
 
@@ -70,9 +70,9 @@ UNSEEN = "unseen-bank OA"
 
 
 #: Whether Tables 2 and 3 report the held-out splits (the unseen-bank column), per scale:
-#: none at ``ci`` (no runs are planned there); ``full`` reads what weights/ ships, and its
-#: held-out runs, planned after the three seeds, are not shipped yet.
-HEADLINE_UNSEEN = {"ci": False, "small": True, "full": False, "paper": True}
+#: none at ``ci`` (no runs are planned there); ``full`` reads the held-out runs weights/
+#: ships, and its note names those not trained yet.
+HEADLINE_UNSEEN = {"ci": False, "small": True, "full": True, "paper": True}
 
 #: Scales whose Tables 2 and 3 never train a run: they read the runs finished here or shipped
 #: in weights/ (the book builds in minutes), and name the others as not trained yet.
@@ -384,6 +384,12 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _complete_mean(values) -> float | None:
+    """The mean of ``values``, or None if any of them is missing (None or NaN)."""
+    values = list(values)
+    return _mean(values) if all(v is not None and v == v for v in values) else None
+
+
 def _with_floor(table: pd.DataFrame, floor: dict) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([floor])], ignore_index=True)
 
@@ -401,8 +407,9 @@ def with_unseen(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         column = f"unseen {heldout_source(split)} OA"
         table[column] = table["method"].map(rows.groupby("method")["OA"].mean())
         columns.append(column)
+    # a mean over fewer lineages than another method's would compare different test sets
     table.insert(table.columns.get_loc("clips"), UNSEEN,
-                 [_mean(values) for values in table[columns].itertuples(index=False)])
+                 [_complete_mean(values) for values in table[columns].itertuples(index=False)])
     return table
 
 
@@ -464,7 +471,7 @@ def headline_note(dataset: str, scale: str, runs: pd.DataFrame, seeds) -> str:
         sources = [heldout_source(split) for split in data_splits(held).unique()]
         more = (f" `{UNSEEN}`: seed {int(held['seed'].iloc[0])} trained without one lineage of "
                 f"sample banks and tested on all of its clips, the mean over "
-                f"{', '.join(sources)}.")
+                f"{', '.join(sources)} (none for a method without a run on each).")
     if missing:
         more += (f" Not trained yet, so not in the table: {'; '.join(missing)} "
                  f"(`hearproto experiments train --scale {scale}` trains them).")
@@ -481,6 +488,32 @@ def with_spread(mean: float | None, half_width: float | None, seeds: int,
     if seeds > 1 and half_width is not None and half_width == half_width:
         return f"{mean:.{digits}f} ± {half_width:.{digits}f}"
     return f"{mean:.{digits}f}"
+
+
+def unseen_markdown(table: pd.DataFrame, seed: int, floor: str) -> str | None:
+    """The paragraph below Table 2 or 3 that explains its unseen-bank column and gives each
+    method's test OA per held-out lineage (methods without any run there are left out; a
+    lineage a method lacks reads —); None where ``table`` has no such column. ``floor``
+    names the floor row, as the prose reads it ("the linear probe")."""
+    if UNSEEN not in table:
+        return None
+    sources = [c.removeprefix("unseen ").removesuffix(" OA") for c in table
+               if c.startswith("unseen ") and c != UNSEEN]
+
+    def cell(value) -> str:
+        return "—" if value is None or value != value else f"{value:.1f}"
+
+    rows = [f"{row['method']} " + ", ".join(f"{s} {cell(row[f'unseen {s} OA'])}"
+                                            for s in sources)
+            for _, row in table.iterrows()
+            if any(not pd.isna(row[f"unseen {s} OA"]) for s in sources)]
+    return ("**Unseen bank.** The random split tests on other notes of the banks a model was "
+            "trained on. The column *unseen bank OA* asks more: each lineage of sample banks "
+            f"in turn ({', '.join(sources)}) is left out of training and validation and makes "
+            "the whole test set, so every test note is an instrument the model never heard. "
+            f"The column is the mean over the lineages, for seed {seed}, and only for a method "
+            f"trained without each of them; the floor row is {floor} trained on the same "
+            f"splits. Per lineage: {'; '.join(rows)}.")
 
 
 def headline_view(table: pd.DataFrame) -> pd.DataFrame:
