@@ -94,8 +94,11 @@ def _experiments_train(args: argparse.Namespace) -> int:
         _seeds(args), args.max_minutes, args.device, args.threads,
         report=lambda line: print(line, flush=True), shard=shard,
         heldout=not args.no_heldout)
-    pending = [s["run"] for s in summaries if not s["done"]]
-    print(f"{len(summaries) - len(pending)} of {len(summaries)} runs finished"
+    elsewhere = [s["run"] for s in summaries if s["stop_reason"] == "in use by another process"]
+    pending = [s["run"] for s in summaries if not s["done"] and s["run"] not in elsewhere]
+    finished = len(summaries) - len(pending) - len(elsewhere)
+    print(f"{finished} of {len(summaries)} runs finished"
+          + (f"; another process held {', '.join(elsewhere)}" if elsewhere else "")
           + (f"; run the same command again to go on with: {', '.join(pending)}" if pending
              else ""))
     return 0

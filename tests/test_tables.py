@@ -361,6 +361,22 @@ def test_runs_status_tells_done_training_and_not_started(tones):
     assert list(status["run"]) == [f"folder {m} seed 0" for m in methods]
 
 
+def test_experiments_train_tells_runs_held_elsewhere_from_runs_to_go_on_with(monkeypatch,
+                                                                             capsys):
+    """The closing line of `experiments train` in a process beside others: a run another
+    process held is neither finished here nor for this command to go on with."""
+    from hearproto import cli
+
+    summaries = [{"run": "a", "done": True, "stop_reason": "step budget"},
+                 {"run": "b", "done": False, "stop_reason": "in use by another process"},
+                 {"run": "c", "done": False, "stop_reason": "time budget reached"}]
+    monkeypatch.setattr(runs_module, "train_runs", lambda *args, **kwargs: summaries)
+    assert cli.main(["experiments", "train", "--scale", "ci", "--datasets", "folder"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "1 of 3 runs finished; another process held b; run the same command again to go on "
+        "with: c")
+
+
 def test_train_runs_refuses_a_shard_out_of_range(tones):
     with pytest.raises(ValueError, match="shard 3/2"):
         runs_module.train_runs("ci", ["folder"], shard=(3, 2), root=str(tones))
