@@ -94,8 +94,9 @@ def _experiments_train(args: argparse.Namespace) -> int:
         _seeds(args), args.max_minutes, args.device, args.threads,
         report=lambda line: print(line, flush=True), shard=shard,
         heldout=not args.no_heldout)
-    elsewhere = [s["run"] for s in summaries if s["stop_reason"] == "in use by another process"]
-    pending = [s["run"] for s in summaries if not s["done"] and s["run"] not in elsewhere]
+    held = "in use by another process"
+    elsewhere = [s["run"] for s in summaries if s["stop_reason"] == held]
+    pending = [s["run"] for s in summaries if not s["done"] and s["stop_reason"] != held]
     finished = len(summaries) - len(pending) - len(elsewhere)
     print(f"{finished} of {len(summaries)} runs finished"
           + (f"; another process held {', '.join(elsewhere)}" if elsewhere else "")

@@ -10,10 +10,9 @@ A shipped run is two files in ``weights/SCALE/DATASET/``, named after its run fo
   tensor is stored once however many checkpoints hold it (a decoder does not change before
   its stage), checkpoint by checkpoint in float16 unless that moves its validation scores;
 * ``RUN.json``: what made the run (its config, the commits that trained it, the device, the
-  training time, its data: split hash and training clips, the list of their paths
-  xz-compressed, since it is the same long list for every run on one split), each
-  checkpoint's other contents (stage,
-  state, metrics rows), which stored tensor each of its weights is, and the sha256 of the
+  training time, its data: split hash and the training clips' paths, xz-compressed since every
+  run on one split has the same long list), each checkpoint's other contents (stage, state,
+  metrics rows), which stored tensor each of its weights is, and the sha256 of the
   safetensors file, and the scores the tables read (:func:`shipped_scores`): the evaluated
   checkpoint's on the test split, each stage checkpoint's on the validation split, so that
   the book reads them instead of evaluating every run again. A run shipped as table rows

@@ -499,11 +499,7 @@ def unseen_markdown(table: pd.DataFrame, seed: int, floor: str) -> str | None:
         return None
     sources = [c.removeprefix("unseen ").removesuffix(" OA") for c in table
                if c.startswith("unseen ") and c != UNSEEN]
-
-    def cell(value) -> str:
-        return "—" if value is None or value != value else f"{value:.1f}"
-
-    rows = [f"{row['method']} " + ", ".join(f"{s} {cell(row[f'unseen {s} OA'])}"
+    rows = [f"{row['method']} " + ", ".join(f"{s} {with_spread(row[f'unseen {s} OA'], None, 1)}"
                                             for s in sources)
             for _, row in table.iterrows()
             if any(not pd.isna(row[f"unseen {s} OA"]) for s in sources)]
