@@ -571,6 +571,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.growth:
         return _growth(args)
+    if args.baselines:
+        return _bench_baselines(args)
     report = run_benchmarks(
         device=args.device, shapes=args.shapes.split(",") if args.shapes else None,
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None,
@@ -581,6 +583,34 @@ def _bench(args: argparse.Namespace) -> int:
         cudnn_benchmarks=_on_off(args.cudnn_benchmark, "cudnn_benchmark"),
         separate={"rows": True, "together": False}.get(args.processes))
     print(json.dumps(report, indent=1) if args.json else format_table(report))
+    return 0
+
+
+def _bench_baselines(args: argparse.Namespace) -> int:
+    """``hearproto bench --baselines METHODS``: :func:`hearproto.baselines.speed.bench_baselines`
+    at the first of ``--shapes`` (its K classes and T frames) and ``--batch-sizes``."""
+    import json
+
+    from hearproto.baselines.speed import BASELINE_BUILDERS, bench_baselines, format_baselines
+    from hearproto.bench import SHAPES
+    from hearproto.errors import SettingError
+
+    methods = list(BASELINE_BUILDERS) if args.baselines == "all" else args.baselines.split(",")
+    if set(methods) - set(BASELINE_BUILDERS):
+        raise SettingError("baselines", f"--baselines takes all or some of "
+                           f"{','.join(BASELINE_BUILDERS)}, got {args.baselines!r}")
+    shape = (args.shapes or "sol").split(",")[0]
+    if shape not in SHAPES:
+        raise SettingError("shapes", f"--shapes takes {' or '.join(SHAPES)}, got {shape!r}")
+    classes, frames, _ = SHAPES[shape]
+    try:
+        batch_size = int((args.batch_sizes or "32").split(",")[0])
+    except ValueError:
+        raise SettingError("batch_sizes", f"--batch-sizes takes whole numbers, got "
+                           f"{args.batch_sizes!r}") from None
+    report = bench_baselines(methods, batch_size, frames, classes, args.repeats, args.device,
+                             args.threads)
+    print(json.dumps(report, indent=1) if args.json else format_baselines(report))
     return 0
 
 
@@ -870,6 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
     growth.add_argument("--growth-dir", metavar="DIR",
                         help="data: where the generated clips are kept for the next run "
                         "(default: growth/ in the data home)")
+    bench.add_argument("--baselines", metavar="METHODS",
+                       help="instead of the step table, a training step of these baselines "
+                       "(all, or some of autoencoder,direct,apnet) in the default and the "
+                       "channels-last layout, side by side; the first of --shapes and "
+                       "--batch-sizes (default: sol, 32)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 

@@ -14,6 +14,7 @@ import torch
 
 from hearproto import cli
 from hearproto.errors import SettingError
+from hearproto.baselines.apnet import APNet
 from hearproto.baselines.autoencoder import ConvAutoencoder
 from hearproto.baselines.direct import DirectClassifier
 from hearproto.baselines.trainer import (
@@ -64,6 +65,54 @@ def test_autoencoder_shapes_range_and_features_ignore_padding():
     assert features.shape == (2, 32 * 2)  # 32 channels x 32 / 16 bins
     loss, parts = model.loss(x)
     assert float(parts["rec"]) == pytest.approx(float((rec - x).square().mean()), rel=1e-5)
+
+
+LAYOUT_MODELS = {
+    "autoencoder": lambda **kw: ConvAutoencoder(n_mels=32, **kw),
+    "direct": lambda **kw: DirectClassifier(3, n_mels=32, **kw),
+    "apnet": lambda **kw: APNet(3, n_mels=32, frames=32, n_prototypes=5, **kw),
+}
+
+
+@pytest.mark.parametrize("name", LAYOUT_MODELS)
+def test_channels_last_baselines_compute_what_the_default_layout_does(name, tmp_path):
+    """The channels-last weights are a layout, not a model: same outputs, losses and
+    gradients as the default layout, and a state saved contiguously (as safetensors must)
+    loads back into it."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    fast = LAYOUT_MODELS[name]()
+    plain = LAYOUT_MODELS[name](channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    convs = [(a, b) for a, b in zip(fast.modules(), plain.modules())
+             if isinstance(a, torch.nn.modules.conv._ConvNd)]
+    assert convs and all(a.weight.is_contiguous(memory_format=torch.channels_last)
+                         and b.weight.is_contiguous() for a, b in convs)
+    # one input channel: both layouts are the same strides
+    assert all(not a.weight.is_contiguous() for a, _ in convs if a.weight.shape[1] > 1)
+    # in float64: batch norm over a few tiny maps magnifies float32's rounding to 1e-3
+    x, y = torch.rand(4, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    fast64, plain64 = fast.double(), plain.double()
+    assert all(a.weight.is_contiguous(memory_format=torch.channels_last)
+               for a, _ in convs)  # .double() keeps the layout
+    losses = [model.loss(x, y)[0] for model in (fast64, plain64)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-10, atol=1e-12)
+    for loss in losses:
+        loss.backward()
+    for (parameter, a), b in zip(fast64.named_parameters(), plain64.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-10, msg=parameter)
+    fast64.eval(), plain64.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast64(x), plain64(x), rtol=1e-10, atol=1e-12)
+    fast, x = fast.float(), x.float()
+    save_file({k: v.contiguous() for k, v in fast.state_dict().items()}, tmp_path / "w.st")
+    loaded = LAYOUT_MODELS[name]().eval()
+    loaded.load_state_dict(load_file(tmp_path / "w.st"))
+    assert all(a.weight.is_contiguous(memory_format=torch.channels_last)
+               for a in loaded.modules() if isinstance(a, torch.nn.modules.conv._ConvNd))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), fast(x))
 
 
 def test_direct_classification_learns_separable_classes(tones, tmp_path):

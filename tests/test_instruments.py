@@ -73,6 +73,12 @@ def test_every_class_is_heard_through_two_or_three_lineages():
     assert lineages["oboe"]["fluidr3"] == ["fluidr3", "musescore"]
 
 
+def test_a_lineage_reads_as_its_banks_names():
+    assert banks.lineage_title("fluidr3") == "FluidR3 GM and MuseScore General"
+    assert banks.lineage_title("freepats") == "FreePats"
+    assert banks.lineage_title("a folder") == "a folder"
+
+
 def test_default_plan_is_large_and_spread_over_each_range():
     notes = plan(None, seed=0)
     per_class = Counter(n.label for n in notes)

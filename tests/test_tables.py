@@ -165,7 +165,7 @@ def test_the_unseen_bank_mean_needs_a_run_on_every_held_out_lineage():
     assert by_method.loc["Direct", "unseen a OA"] == 30.0
     assert pd.isna(by_method.loc["Direct", UNSEEN]) and pd.isna(by_method.loc["Probe", UNSEEN])
     paragraph = tables_module.unseen_markdown(by_method.reset_index(), 0, "the probe")
-    assert "Ours a 40.0, b 60.0; Direct a 30.0, b —." in paragraph
+    assert "Ours: a 40.0, b 60.0; Direct: a 30.0, b —." in paragraph
     assert "Probe" not in paragraph and "nan" not in paragraph
     assert tables_module.unseen_markdown(table, 0, "the probe") is None
 

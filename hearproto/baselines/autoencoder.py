@@ -9,6 +9,10 @@ Layout (the sizes of the authors' baseline): four levels of conv 5x5 with 32 cha
 LeakyReLU, each followed by a 2x2 max-pool; the decoder mirrors it with nearest upsampling
 and conv 5x5 + LeakyReLU, and a last conv 5x5 to one channel with tanh, in the ``2x - 1``
 scale of the input.
+
+The weights are kept channels-last (NHWC), so that every convolution after the first runs
+channels-last too: on the CPU, oneDNN's NHWC kernels make a training step about 1.5x faster
+than the default layout, for the same numbers (``hearproto bench --baselines``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class ConvAutoencoder(nn.Module):
 
     kind = "autoencoder"
 
-    def __init__(self, n_mels: int = 128, channels: int = CHANNELS, levels: int = LEVELS) -> None:
+    def __init__(self, n_mels: int = 128, channels: int = CHANNELS, levels: int = LEVELS,
+                 channels_last: bool = True) -> None:
         super().__init__()
         if n_mels % 2 ** levels:
             raise ValueError(f"n_mels must be a multiple of {2 ** levels}, got {n_mels}")
@@ -47,6 +52,8 @@ class ConvAutoencoder(nn.Module):
                           nn.Conv2d(channels, channels, KERNEL, padding=pad), nn.LeakyReLU())
             for _ in range(levels)))
         self.output = nn.Conv2d(channels, 1, KERNEL, padding=pad)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def encode(self, x: Tensor) -> Tensor:
         """``(B, T, F)`` -> innermost feature maps ``(B, C, T' / 16, F / 16)``, T' padded."""

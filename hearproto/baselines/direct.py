@@ -5,11 +5,14 @@ cross-entropy loss; it has no prototypes and reconstructs nothing. Layout (the s
 authors' baseline): four down blocks as in our encoder (conv 3x3, then a stride-2 conv 2x2,
 each followed by ReLU and batch norm; channels 1 -> 8 -> 16 -> 32 -> 64), the maximum over
 time of the last feature maps (so whole clips of any length are classified), flattened to
-``64 * F / 16`` features, then a perceptron 128 -> 64 -> classes.
+``64 * F / 16`` features, then a perceptron 128 -> 64 -> classes. The convolution weights
+are kept channels-last, as the autoencoder's (:mod:`hearproto.baselines.autoencoder`): about
+twice as fast a step on the CPU, for the same numbers.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
@@ -42,7 +45,7 @@ class DirectClassifier(nn.Module):
 
     kind = "direct"
 
-    def __init__(self, n_classes: int, n_mels: int = 128) -> None:
+    def __init__(self, n_classes: int, n_mels: int = 128, channels_last: bool = True) -> None:
         super().__init__()
         if n_mels % TIME_MULTIPLE:
             raise ValueError(f"n_mels must be a multiple of {TIME_MULTIPLE}, got {n_mels}")
@@ -53,6 +56,8 @@ class DirectClassifier(nn.Module):
             layers += [nn.Linear(previous, width), nn.ReLU(inplace=True), nn.BatchNorm1d(width)]
             previous = width
         self.classifier = nn.Sequential(*layers, nn.Linear(previous, n_classes))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def logits(self, x: Tensor) -> Tensor:
         """``(B, T, F)`` -> ``(B, C)``."""

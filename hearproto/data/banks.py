@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["BANKS", "Bank", "BankPlayer", "bank_identity", "bank_path", "open_bank",
-           "search_dirs"]
+__all__ = ["BANKS", "Bank", "BankPlayer", "bank_identity", "bank_path", "lineage_title",
+           "open_bank", "search_dirs"]
 
 BANKS_ENV = "HEARPROTO_BANKS"
 INSTALL_HINT = "run `make banks`, or `apt-get install {package}`"
@@ -55,6 +55,13 @@ BANKS: dict[str, Bank] = {bank.name: bank for bank in (
     Bank("freepats", "FreePats (freepats.opensrc.org)", "freepats", "freepats",
          "usr/share/midi/freepats/Tone_000", "gus", "GPL-2 with a composition exception"),
 )}
+
+
+def lineage_title(lineage: str) -> str:
+    """A lineage as readers know it, by its banks' names ("FluidR3 GM and MuseScore General");
+    a name that is no lineage of :data:`BANKS` comes back as it is."""
+    names = [bank.title.split(" (")[0] for bank in BANKS.values() if bank.lineage == lineage]
+    return " and ".join(names) or lineage
 
 
 def search_dirs() -> list[Path]:

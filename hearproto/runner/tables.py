@@ -40,6 +40,7 @@ from hearproto.runner.runs import (HELDOUT_METHODS, HELDOUT_SPLITS, SCALE_SETTIN
                                    run_config, scale_methods, stage_checkpoint, unpack_shipped)
 from hearproto.runner.shipped import is_finished, is_unpacked, shipped_scores
 from hearproto.baselines.probe import kmeans_clustering, linear_probe
+from hearproto.data.banks import lineage_title
 from hearproto.data.splits import heldout_source
 from hearproto.training import (TrainConfig, checkpoint_dataset, evaluate_checkpoint,
                                 read_checkpoint, resolve_device, stages_for)
@@ -499,14 +500,15 @@ def unseen_markdown(table: pd.DataFrame, seed: int, floor: str) -> str | None:
         return None
     sources = [c.removeprefix("unseen ").removesuffix(" OA") for c in table
                if c.startswith("unseen ") and c != UNSEEN]
-    rows = [f"{row['method']} " + ", ".join(f"{s} {with_spread(row[f'unseen {s} OA'], None, 1)}"
-                                            for s in sources)
+    titles = {s: lineage_title(s) for s in sources}
+    rows = [f"{row['method']}: " + ", ".join(
+                f"{titles[s]} {with_spread(row[f'unseen {s} OA'], None, 1)}" for s in sources)
             for _, row in table.iterrows()
             if any(not pd.isna(row[f"unseen {s} OA"]) for s in sources)]
     return ("**Unseen bank.** The random split tests on other notes of the banks a model was "
             "trained on. The column *unseen bank OA* asks more: each lineage of sample banks "
-            f"in turn ({', '.join(sources)}) is left out of training and validation and makes "
-            "the whole test set, so every test note is an instrument the model never heard. "
+            f"in turn ({'; '.join(titles.values())}) is left out of training and validation "
+            "and makes the whole test set, so every test note is an instrument the model never heard. "
             f"The column is the mean over the lineages, for seed {seed}, and only for a method "
             f"trained without each of them; the floor row is {floor} trained on the same "
             f"splits. Per lineage: {'; '.join(rows)}.")
