@@ -82,7 +82,7 @@ def test_channels_last_baselines_compute_what_the_default_layout_does(name, tmp_
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
-    fast = LAYOUT_MODELS[name]()
+    fast = LAYOUT_MODELS[name](channels_last=True)
     plain = LAYOUT_MODELS[name](channels_last=False)
     plain.load_state_dict(fast.state_dict())
     convs = [(a, b) for a, b in zip(fast.modules(), plain.modules())
@@ -107,7 +107,7 @@ def test_channels_last_baselines_compute_what_the_default_layout_does(name, tmp_
         torch.testing.assert_close(fast64(x), plain64(x), rtol=1e-10, atol=1e-12)
     fast, x = fast.float(), x.float()
     save_file({k: v.contiguous() for k, v in fast.state_dict().items()}, tmp_path / "w.st")
-    loaded = LAYOUT_MODELS[name]().eval()
+    loaded = LAYOUT_MODELS[name](channels_last=True).eval()
     loaded.load_state_dict(load_file(tmp_path / "w.st"))
     assert all(a.weight.is_contiguous(memory_format=torch.channels_last)
                for a in loaded.modules() if isinstance(a, torch.nn.modules.conv._ConvNd))
