@@ -591,14 +591,15 @@ def _bench_baselines(args: argparse.Namespace) -> int:
     at the first of ``--shapes`` (its K classes and T frames) and ``--batch-sizes``."""
     import json
 
-    from hearproto.baselines.speed import BASELINE_BUILDERS, bench_baselines, format_baselines
+    from hearproto.baselines.speed import bench_baselines, format_baselines
     from hearproto.bench import SHAPES
     from hearproto.errors import SettingError
+    from hearproto.training.config import BASELINES
 
-    methods = list(BASELINE_BUILDERS) if args.baselines == "all" else args.baselines.split(",")
-    if set(methods) - set(BASELINE_BUILDERS):
+    methods = list(BASELINES) if args.baselines == "all" else args.baselines.split(",")
+    if set(methods) - set(BASELINES):
         raise SettingError("baselines", f"--baselines takes all or some of "
-                           f"{','.join(BASELINE_BUILDERS)}, got {args.baselines!r}")
+                           f"{','.join(BASELINES)}, got {args.baselines!r}")
     shape = (args.shapes or "sol").split(",")[0]
     if shape not in SHAPES:
         raise SettingError("shapes", f"--shapes takes {' or '.join(SHAPES)}, got {shape!r}")
@@ -902,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: growth/ in the data home)")
     bench.add_argument("--baselines", metavar="METHODS",
                        help="instead of the step table, a training step of these baselines "
-                       "(all, or some of autoencoder,direct,apnet) in the default and the "
+                       "(all, or some of direct,autoencoder,apnet) in the default and the "
                        "channels-last layout, side by side; the first of --shapes and "
                        "--batch-sizes (default: sol, 32)")
     bench.add_argument("--json", action="store_true")

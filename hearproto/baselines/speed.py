@@ -15,19 +15,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hearproto.baselines.apnet import APNet
-from hearproto.baselines.autoencoder import ConvAutoencoder
-from hearproto.baselines.direct import DirectClassifier
+from hearproto.baselines.trainer import BASELINES, build_baseline
 
-__all__ = ["BASELINE_BUILDERS", "LAYOUTS", "bench_baselines", "format_baselines"]
+__all__ = ["LAYOUTS", "bench_baselines", "format_baselines"]
 
 N_MELS = 128
-#: name -> (classes, frames) -> model, in the layout the trainer builds.
-BASELINE_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
-    "autoencoder": lambda classes, frames: ConvAutoencoder(N_MELS),
-    "direct": lambda classes, frames: DirectClassifier(classes, N_MELS),
-    "apnet": lambda classes, frames: APNet(classes, N_MELS, frames),
-}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -46,16 +38,13 @@ def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[],
 def bench_baselines(methods: list[str] | None = None, batch_size: int = 32, frames: int = 256,
                     classes: int = 33, repeats: int = 3, device: str = "auto",
                     threads: int | None = None) -> dict:
-    """Seconds per training step of each of ``methods`` (default: all) in each layout, after
+    """Seconds per training step of each of ``methods`` (default: all; an unknown name raises
+    ValueError, from :func:`build_baseline`) in each layout, after
     one warm-up step; the median of ``repeats``, taken in turns. ``device`` "auto": CUDA
     where there is one. Returns a JSON-ready dict."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    methods = methods or list(BASELINE_BUILDERS)
-    unknown = set(methods) - set(BASELINE_BUILDERS)
-    if unknown:
-        raise ValueError(f"unknown baseline {sorted(unknown)[0]!r}; choose from "
-                         f"{', '.join(BASELINE_BUILDERS)}")
+    methods = methods or list(BASELINES)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -64,7 +53,7 @@ def bench_baselines(methods: list[str] | None = None, batch_size: int = 32, fram
     steps, times = {}, {}
     for method in methods:
         for layout, memory_format in LAYOUTS.items():
-            model = BASELINE_BUILDERS[method](classes, frames).to(device)
+            model = build_baseline(method, classes, N_MELS, frames).to(device)
             steps[method, layout] = _stepper(model.to(memory_format=memory_format), x, y)
             steps[method, layout]()  # warm-up: allocations, optimiser state
             times[method, layout] = []

@@ -508,8 +508,8 @@ def unseen_markdown(table: pd.DataFrame, seed: int, floor: str) -> str | None:
     return ("**Unseen bank.** The random split tests on other notes of the banks a model was "
             "trained on. The column *unseen bank OA* asks more: each lineage of sample banks "
             f"in turn ({'; '.join(titles.values())}) is left out of training and validation "
-            "and makes the whole test set, so every test note is an instrument the model never heard. "
-            f"The column is the mean over the lineages, for seed {seed}, and only for a method "
+            "and makes the whole test set, so every test note is an instrument the model never "
+            "heard. The column is the mean over the lineages, for seed {seed}, and only for a method "
             f"trained without each of them; the floor row is {floor} trained on the same "
             f"splits. Per lineage: {'; '.join(rows)}.")
 
